@@ -1,6 +1,36 @@
-"""flowsoc: fine-tuning flow-matching models by stochastic optimal control."""
+"""flowsoc: fine-tuning flow-matching models by stochastic optimal control.
+
+The core (no RL in it): the memoryless SDE and the flow ODE as Diffrax terms, the lean adjoint
+ODE, flow matching and adjoint matching losses with the trust-region parameter λ inside σ, the
+Girsanov path KL, and exact Gaussian oracles (`flowsoc.gaussian`).
+"""
 
 import importlib.metadata
+
+from . import gaussian as gaussian
+from ._adjoint import LeanAdjointField as LeanAdjointField, lean_adjoint as lean_adjoint
+from ._brownian import GridBrownianPath as GridBrownianPath
+from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
+from ._losses import (
+    adjoint_matching_loss as adjoint_matching_loss,
+    flow_matching_loss as flow_matching_loss,
+    soc_objective as soc_objective,
+)
+from ._paths import (
+    interpolate as interpolate,
+    memoryless_drift as memoryless_drift,
+    memoryless_sigma as memoryless_sigma,
+    shifted_sigma as shifted_sigma,
+    uniform_grid as uniform_grid,
+    VelocityField as VelocityField,
+)
+from ._sde import (
+    MemorylessDiffusion as MemorylessDiffusion,
+    MemorylessDrift as MemorylessDrift,
+    memoryless_terms as memoryless_terms,
+    sample_ode as sample_ode,
+    sample_sde as sample_sde,
+)
 
 
 __version__ = importlib.metadata.version("flowsoc")
