@@ -144,5 +144,7 @@ def soc_objective(
     name = "soc_objective"
     lam = check_lam(lam, name)
     xs = sample_sde(field, x0, ts, key, args=args, shift=shift, final_field=base)
-    kl = path_kl(field, base, xs, ts, args=args, shift=shift)
+    # Differentiate through the states too (path_kl alone treats them as constants).
+    gaps = velocity_gaps(field, base, xs, ts, args)
+    kl = path_kl(field, base, xs, ts, shift=shift, gaps=gaps)
     return lam * running_cost_scale * kl - reward(xs[-1], args)
