@@ -1,7 +1,8 @@
-"""OGBench dataset names: parsing, official generation recipes, and what cannot be generated.
+"""OGBench dataset names: parsing, official generation recipes, and what cannot be
+generated.
 
-Kept free of JAX and MuJoCo imports so that the generator's worker processes and the resolver can
-both use it cheaply.
+Kept free of JAX and MuJoCo imports so that the generator's worker processes and the
+resolver can both use it cheaply.
 """
 
 from __future__ import annotations
@@ -11,26 +12,54 @@ import re
 from typing import Literal
 
 
-Domain = Literal["cube", "scene", "puzzle", "pointmaze"]
-
 _CUBE_SIZES = ("single", "double", "triple", "quadruple")
 _PUZZLE_SIZES = ("3x3", "4x4", "4x5", "4x6")
 _MAZE_SIZES = ("medium", "large", "giant", "teleport")
 _MANIP_TYPES = ("play", "noisy")
 _MAZE_TYPES = ("navigate", "stitch")
 
+# domain -> (variants or None, dataset types). Generation covers
+# cube/scene/puzzle/pointmaze; the rest
+# only parse, so that their official files (copied in by hand) still load.
+_GRAMMAR: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
+    "cube": (_CUBE_SIZES + ("octuple",), _MANIP_TYPES),
+    "scene": (None, _MANIP_TYPES),
+    "puzzle": (_PUZZLE_SIZES, _MANIP_TYPES),
+    "pointmaze": (_MAZE_SIZES, _MAZE_TYPES),
+    "antmaze": (_MAZE_SIZES, _MAZE_TYPES + ("explore",)),
+    "humanoidmaze": (_MAZE_SIZES, _MAZE_TYPES),
+    "antsoccer": (("arena", "medium"), _MAZE_TYPES),
+    "powderworld": (("easy", "medium", "hard"), ("play",)),
+}
+_GENERATABLE = ("cube", "scene", "puzzle", "pointmaze")
+
 # The task a bare `-singletask-` name stands for (OGBench's registration defaults).
-DEFAULT_TASK = {"cube": 2, "scene": 2, "puzzle-3x3": 4, "puzzle-4x4": 4, "puzzle": 2, "pointmaze": 1}
+DEFAULT_TASK = {
+    "cube": 2,
+    "scene": 2,
+    "puzzle-3x3": 4,
+    "puzzle-4x4": 4,
+    "puzzle": 2,
+    "pointmaze": 1,
+    "antmaze": 1,
+    "humanoidmaze": 1,
+    "antsoccer": 4,
+}
 
 SUPPORTED_HELP = (
-    "Generatable here: cube-{single,double,triple,quadruple}-{play,noisy}-v0, scene-{play,noisy}-v0, "
-    "puzzle-{3x3,4x4,4x5,4x6}-{play,noisy}-v0, pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0; "
+    "Generatable here: cube-{single,double,triple,quadruple}-{play,noisy}-v0, "
+    "scene-{play,noisy}-v0, "
+    "puzzle-{3x3,4x4,4x5,4x6}-{play,noisy}-v0, "
+    "pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0; "
     "each also with the suffixes -singletask[-taskN] or -oraclerep before -v0."
 )
 
 
 class DatasetError(ValueError):
-    """A dataset name, file or its contents is unusable. The message names the file or name and the fix."""
+    """
+    A dataset name, file or its contents is unusable. The message names the file or name
+    and the fix.
+    """
 
 
 class UnknownDatasetError(DatasetError):
@@ -38,24 +67,34 @@ class UnknownDatasetError(DatasetError):
 
 
 class UnsupportedDatasetError(DatasetError):
-    """A real OGBench dataset that cannot be generated on this machine (for example, no expert policy)."""
+    """A real OGBench dataset that cannot be generated on this machine (for example, no
+    expert policy).
+    """
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetName:
     """A parsed OGBench dataset name.
 
-    `cube-double-play-singletask-task2-v0` parses to domain `cube`, `env_id="cube-double-v0"`,
-    `dataset_type="play"`, `file_stem="cube-double-play-v0"`, `task=2`.
+    `cube-double-play-singletask-task2-v0` parses to domain `cube`,
+    `env_id="cube-double-v0"`, `dataset_type="play"`, `file_stem="cube-double-play-v0"`,
+    `task=2`.
     """
 
     name: str  # the name as given
-    domain: Domain
+    visual: bool  # a 'visual-' (pixel observation) dataset
+    # cube / scene / puzzle / pointmaze / antmaze / humanoidmaze / antsoccer /
+    # powderworld
+    domain: str
     variant: str  # "double", "3x3", "medium", "" for scene
     dataset_type: str  # play / noisy / navigate / stitch
-    env_id: str  # the goal-conditioned environment used for generation: "cube-double-v0"
+    env_id: (
+        str  # the goal-conditioned environment used for generation: "cube-double-v0"
+    )
     file_stem: str  # official data file name without ".npz": "cube-double-play-v0"
-    task: int | None  # None: goal-conditioned; else the single task (bare "singletask" -> default)
+    task: (
+        int | None
+    )  # None: goal-conditioned; else the single task (bare "singletask" -> default)
     oraclerep: bool
 
     @property
@@ -64,49 +103,78 @@ class DatasetName:
 
     @property
     def sparse_default(self) -> bool:
-        """Whether QAM's reference runs make this domain's reward sparse (puzzle and scene)."""
+        """Whether QAM's reference runs make this domain's reward sparse (puzzle and
+        scene).
+        """
         return self.domain in ("puzzle", "scene")
 
 
-def _refuse(name: str, tokens: list[str]) -> None:
-    head = tokens[0]
-    if head == "visual":
+def require_generatable(parsed: DatasetName) -> None:
+    """Raise `UnsupportedDatasetError`, naming what is missing, if `parsed` cannot be
+    generated here.
+    """
+    name, domain = parsed.name, parsed.domain
+    copy_hint = (
+        f"Download {parsed.file_stem}.npz and {parsed.file_stem}-val.npz on a machine "
+        "with internet access "
+        "(ogbench.download_datasets) and copy them into the data directory; flowsoc "
+        "then loads them as usual."
+    )
+    if parsed.visual:
         raise UnsupportedDatasetError(
-            f"{name!r}: pixel-observation ('visual-') datasets are not generated by flowsoc: rendering "
-            "runs at about 5 env steps/s on CPU (1M steps would take days). Use the state-based name "
-            f"{'-'.join(tokens[1:])!r}, or copy the official file from a machine with internet access."
+            f"{name!r}: pixel-observation ('visual-') datasets are not generated by "
+            "flowsoc: rendering runs "
+            "at about 5 env steps/s on CPU (1M steps would take days). Use the "
+            "state-based dataset "
+            f"{name[len('visual-') :]!r}, or: {copy_hint}"
         )
-    if head in ("antmaze", "humanoidmaze", "antsoccer"):
+    if domain in ("antmaze", "humanoidmaze", "antsoccer"):
         raise UnsupportedDatasetError(
-            f"{name!r}: OGBench generates {head} data by rolling out pretrained SAC expert policies "
-            "(upstream data_gen_scripts/generate_locomaze.py / generate_antsoccer.py with "
-            "--restore_path=experts/...; the experts come from experts.tar.gz on the OGBench dataset "
-            "host). Neither the ogbench pip package nor PyPI ships those experts, and random actions "
-            "are not a substitute, so this dataset cannot be generated here. Download "
-            f"{name.split('-singletask')[0].split('-oraclerep')[0]}.npz and its -val.npz on a machine "
-            "with internet access (ogbench.download_datasets) and copy them into the data directory."
+            f"{name!r}: OGBench makes {domain} data by rolling out pretrained SAC "
+            "expert policies "
+            "(upstream data_gen_scripts/generate_locomaze.py or generate_antsoccer.py "
+            "with "
+            "--restore_path=experts/...; the experts are experts.tar.gz on the "
+            "OGBench dataset host). "
+            "Neither the ogbench pip package nor PyPI ships those experts, and random "
+            "actions are no "
+            f"substitute, so this dataset cannot be generated here. {copy_hint}"
         )
-    if head == "powderworld":
+    if domain == "powderworld":
         raise UnsupportedDatasetError(
-            f"{name!r}: powderworld datasets are not generated by flowsoc (not part of its data "
-            "layer); copy the official files into the data directory."
+            f"{name!r}: flowsoc does not generate powderworld datasets. {copy_hint}"
         )
-    if head == "cube" and len(tokens) > 1 and tokens[1] == "octuple":
+    if domain == "cube" and parsed.variant == "octuple":
         raise UnsupportedDatasetError(
-            f"{name!r}: OGBench publishes no cube-octuple dataset recipe; flowsoc generates only "
-            "cube-{single,double,triple,quadruple}."
+            f"{name!r}: OGBench publishes no cube-octuple dataset recipe; flowsoc "
+            "generates "
+            "cube-{single,double,triple,quadruple} only."
         )
+    assert domain in _GENERATABLE
 
 
 def parse_dataset_name(name: str) -> DatasetName:
-    """Parse an OGBench dataset name, raising `UnknownDatasetError` / `UnsupportedDatasetError`."""
+    """
+    Parse an OGBench dataset name (syntax only), raising `UnknownDatasetError` if it is
+    not one.
+
+    Follows `ogbench.make_env_and_datasets`: `-singletask[-taskN]` and `-oraclerep` are
+    dropped to get the data file, and the dataset type is dropped to get the
+    environment.
+    """
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", name):
-        raise UnknownDatasetError(f"{name!r} is not an OGBench dataset name. {SUPPORTED_HELP}")
+        raise UnknownDatasetError(
+            f"{name!r} is not an OGBench dataset name. {SUPPORTED_HELP}"
+        )
     tokens = name.split("-")
-    _refuse(name, tokens)
     if tokens[-1] != "v0":
-        raise UnknownDatasetError(f"{name!r}: OGBench dataset names end in '-v0'. {SUPPORTED_HELP}")
+        raise UnknownDatasetError(
+            f"{name!r}: OGBench dataset names end in '-v0'. {SUPPORTED_HELP}"
+        )
     body = tokens[:-1]
+    visual = bool(body) and body[0] == "visual"
+    if visual:
+        body = body[1:]
     task: int | None = None
     oraclerep = False
     if "singletask" in body:
@@ -119,40 +187,60 @@ def parse_dataset_name(name: str) -> DatasetName:
             task = int(rest[0][4:])
         else:
             raise UnknownDatasetError(
-                f"{name!r}: after 'singletask' only '-task1' ... '-task5' may follow. {SUPPORTED_HELP}"
+                f"{name!r}: after 'singletask' only '-task1' ... '-task5' may follow. "
+                f"{SUPPORTED_HELP}"
             )
     elif body and body[-1] == "oraclerep":
         oraclerep = True
         body = body[:-1]
 
-    domain: Domain
-    if len(body) == 3 and body[0] == "cube" and body[1] in _CUBE_SIZES and body[2] in _MANIP_TYPES:
-        domain, variant, dtype = "cube", body[1], body[2]
-    elif len(body) == 2 and body[0] == "scene" and body[1] in _MANIP_TYPES:
-        domain, variant, dtype = "scene", "", body[1]
-    elif len(body) == 3 and body[0] == "puzzle" and body[1] in _PUZZLE_SIZES and body[2] in _MANIP_TYPES:
-        domain, variant, dtype = "puzzle", body[1], body[2]
-    elif len(body) == 3 and body[0] == "pointmaze" and body[1] in _MAZE_SIZES and body[2] in _MAZE_TYPES:
-        domain, variant, dtype = "pointmaze", body[1], body[2]
-    else:
-        raise UnknownDatasetError(f"{name!r} is not a known OGBench dataset. {SUPPORTED_HELP}")
-
+    grammar = _GRAMMAR.get(body[0]) if body else None
+    ok = False
+    if grammar is not None:
+        variants, types = grammar
+        if variants is None:
+            ok = len(body) == 2 and body[1] in types
+            variant = ""
+        else:
+            ok = len(body) == 3 and body[1] in variants and body[2] in types
+            variant = body[1] if ok else ""
+    if not ok:
+        raise UnknownDatasetError(
+            f"{name!r} is not a known OGBench dataset. {SUPPORTED_HELP}"
+        )
+    domain, dtype = body[0], body[-1]
     if task == 0:
         key = f"puzzle-{variant}" if f"puzzle-{variant}" in DEFAULT_TASK else domain
-        task = DEFAULT_TASK[key]
-    env_id = "-".join([t for t in (domain, variant) if t] + ["v0"])
-    file_stem = "-".join([t for t in (domain, variant) if t] + [dtype, "v0"])
-    return DatasetName(name, domain, variant, dtype, env_id, file_stem, task, oraclerep)
+        task = DEFAULT_TASK.get(key, 1)
+    prefix = ["visual"] if visual else []
+    family = prefix + [t for t in (domain, variant) if t]
+    return DatasetName(
+        name=name,
+        visual=visual,
+        domain=domain,
+        variant=variant,
+        dataset_type=dtype,
+        env_id="-".join(family + ["v0"]),
+        file_stem="-".join(family + [dtype, "v0"]),
+        task=task,
+        oraclerep=oraclerep,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """OGBench's official generation settings for one data file (upstream `commands.sh`)."""
+    """
+    OGBench's official generation settings for one data file (upstream `commands.sh`).
+    """
 
     episodes: int  # training episodes; the validation file holds episodes // 10 more
     episode_length: int  # env steps per episode (the TimeLimit); 1001 for most datasets
-    p_random_action: float  # probability of a uniformly random action instead of the oracle's
-    noise: float  # manipulation: plan-oracle noise or markov noise ceiling; pointmaze: action noise std
+    p_random_action: (
+        float  # probability of a uniformly random action instead of the oracle's
+    )
+    # manipulation: plan-oracle noise or markov noise ceiling; pointmaze: action
+    # noise std
+    noise: float
     oracle: Literal["plan", "markov", "maze"]
 
 
@@ -164,7 +252,9 @@ def official_recipe(parsed: DatasetName) -> Recipe:
         if parsed.variant == "giant":
             return Recipe(500, 2001, 0.0, 0.5, "maze")
         return Recipe(1000, 1001, 0.0, 0.5, "maze")
-    episodes = {"triple": 3000, "quadruple": 5000, "4x5": 3000, "4x6": 5000}.get(parsed.variant, 1000)
+    episodes = {"triple": 3000, "quadruple": 5000, "4x5": 3000, "4x6": 5000}.get(
+        parsed.variant, 1000
+    )
     if parsed.dataset_type == "play":
         return Recipe(episodes, 1001, 0.0, 0.1, "plan")
     p_random = 0.2 if parsed.domain == "puzzle" else 0.1

@@ -1,18 +1,23 @@
-"""One episode of OGBench data collection with OGBench's own environments and scripted oracles.
+"""One episode of OGBench data collection with OGBench's own environments and scripted
+oracles.
 
 This module runs inside the generator's worker processes. Every episode is seeded from
-`(seed, episode index, attempt)` alone, never from the worker, so the data do not depend on how
-episodes are spread over processes. The protocol follows upstream OGBench's
-`data_gen_scripts/generate_manipspace.py` and `generate_locomaze.py` (written anew here):
+`(seed, episode index, attempt)` alone, never from the worker, so the data do not depend
+on how episodes are spread over processes. The protocol follows upstream OGBench's
+`data_gen_scripts/generate_manipspace.py` and `generate_locomaze.py` (written anew
+here):
 
-- manipulation `play`: open-loop plan oracles (noise 0.1, smoothing 0.5); `noisy`: closed-loop
-  markov oracles with per-episode Gaussian noise level xi ~ U(0, 0.1), per-coordinate scales
-  (xi, xi, xi, 3 xi, 10 xi), and a probability `p_random_action` of a uniform random action;
-- when the oracle finishes its sub-task the env is given a new target (`set_new_target`) with a
-  per-episode cube-stacking probability (double U(0, .25), triple U(.05, .35), quadruple U(.1, .5));
+- manipulation `play`: open-loop plan oracles (noise 0.1, smoothing 0.5); `noisy`:
+closed-loop markov oracles with per-episode Gaussian noise level xi ~ U(0, 0.1),
+per-coordinate scales (xi, xi, xi, 3 xi, 10 xi), and a probability `p_random_action` of
+a uniform random action;
+- when the oracle finishes its sub-task the env is given a new target (`set_new_target`)
+with a per-episode cube-stacking probability (double U(0, .25), triple U(.05, .35),
+quadruple U(.1, .5));
 - scene episodes failing the cube-visibility health check are discarded and redrawn;
-- pointmaze: the action is the unit direction to BFS subgoal plus N(0, 0.5^2) noise; `navigate`
-  resamples the goal (a vertex cell) on success, `stitch` aims at a cell 4 BFS steps away.
+- pointmaze: the action is the unit direction to BFS subgoal plus N(0, 0.5^2) noise;
+`navigate` resamples the goal (a vertex cell) on success, `stitch` aims at a cell 4 BFS
+steps away.
 """
 
 from __future__ import annotations
@@ -53,17 +58,33 @@ def _quiet_imports() -> None:
 def _build(cfg: RolloutConfig) -> dict[str, Any]:
     _quiet_imports()
     import gymnasium
-
     import ogbench  # noqa: F401  (registers the environments)
 
     if cfg.domain == "pointmaze":
-        env = gymnasium.make(cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length)
+        env = gymnasium.make(
+            cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length
+        )
         maze = np.asarray(env.unwrapped.maze_map)
-        free = [(i, j) for i in range(maze.shape[0]) for j in range(maze.shape[1]) if maze[i, j] == 0]
+        free = [
+            (i, j)
+            for i in range(maze.shape[0])
+            for j in range(maze.shape[1])
+            if maze[i, j] == 0
+        ]
 
         def corridor(i: int, j: int) -> bool:
-            vertical = maze[i - 1, j] == 0 and maze[i + 1, j] == 0 and maze[i, j - 1] == 1 and maze[i, j + 1] == 1
-            horizontal = maze[i, j - 1] == 0 and maze[i, j + 1] == 0 and maze[i - 1, j] == 1 and maze[i + 1, j] == 1
+            vertical = (
+                maze[i - 1, j] == 0
+                and maze[i + 1, j] == 0
+                and maze[i, j - 1] == 1
+                and maze[i, j + 1] == 1
+            )
+            horizontal = (
+                maze[i, j - 1] == 0
+                and maze[i, j + 1] == 0
+                and maze[i - 1, j] == 1
+                and maze[i + 1, j] == 1
+            )
             return bool(vertical or horizontal)
 
         vertices = [c for c in free if not corridor(*c)]
@@ -79,12 +100,19 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
     from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
 
     env = gymnasium.make(
-        cfg.env_id, terminate_at_goal=False, mode="data_collection", max_episode_steps=cfg.episode_length
+        cfg.env_id,
+        terminate_at_goal=False,
+        mode="data_collection",
+        max_episode_steps=cfg.episode_length,
     )
     markov = cfg.dataset_type == "noisy"
     plan_kw = dict(noise=cfg.noise, noise_smoothing=cfg.noise_smoothing)
     if cfg.domain == "cube":
-        oracles = {"cube": CubeMarkovOracle(env=env, min_norm=cfg.min_norm) if markov else CubePlanOracle(env=env, **plan_kw)}
+        oracles = {
+            "cube": CubeMarkovOracle(env=env, min_norm=cfg.min_norm)
+            if markov
+            else CubePlanOracle(env=env, **plan_kw)
+        }
     elif cfg.domain == "scene":
         if markov:
             oracles = {
@@ -102,9 +130,17 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
             }
     elif cfg.domain == "puzzle":
         if markov:
-            oracles = {"button": ButtonMarkovOracle(env=env, min_norm=cfg.min_norm, gripper_always_closed=True)}
+            oracles = {
+                "button": ButtonMarkovOracle(
+                    env=env, min_norm=cfg.min_norm, gripper_always_closed=True
+                )
+            }
         else:
-            oracles = {"button": ButtonPlanOracle(env=env, gripper_always_closed=True, **plan_kw)}
+            oracles = {
+                "button": ButtonPlanOracle(
+                    env=env, gripper_always_closed=True, **plan_kw
+                )
+            }
     else:  # pragma: no cover - guarded by the name parser
         raise ValueError(f"no oracle for domain {cfg.domain!r}")
     return dict(env=env, oracles=oracles)
@@ -120,18 +156,25 @@ def _state(cfg: RolloutConfig) -> dict[str, Any]:
 def _seed_episode(env: Any, cfg: RolloutConfig, episode: int, attempt: int) -> int:
     """Seed every random source an episode touches; returns the env's reset seed."""
     words = np.random.SeedSequence([cfg.seed, episode, attempt]).generate_state(4)
-    np.random.seed(words)  # OGBench's oracles and maze noise draw from numpy's global generator
+    np.random.seed(
+        words
+    )  # OGBench's oracles and maze noise draw from numpy's global generator
     env_seed = int(words[0])
     space = env.unwrapped.action_space
-    space.seed(env_seed)  # the maze's reset takes a few steps with `action_space.sample()`
+    space.seed(
+        env_seed
+    )  # the maze's reset takes a few steps with `action_space.sample()`
     return env_seed
 
 
 def _stack_probability(variant: str, domain: str) -> float:
     if domain == "cube":
-        low, high = {"single": (0.0, 0.0), "double": (0.0, 0.25), "triple": (0.05, 0.35), "quadruple": (0.1, 0.5)}[
-            variant
-        ]
+        low, high = {
+            "single": (0.0, 0.0),
+            "double": (0.0, 0.25),
+            "triple": (0.05, 0.35),
+            "quadruple": (0.1, 0.5),
+        }[variant]
         return 0.0 if high == 0.0 else float(np.random.uniform(low, high))
     return 0.5
 
@@ -141,7 +184,9 @@ def _pack(steps: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in steps.items()}
 
 
-def _manip_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray] | None:
+def _manip_episode(
+    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int
+) -> dict[str, np.ndarray] | None:
     env, oracles = st["env"], st["oracles"]
     env_seed = _seed_episode(env, cfg, episode, attempt)
     ob, info = env.reset(seed=env_seed)
@@ -152,13 +197,16 @@ def _manip_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt
     agent = oracles[info["privileged/target_task"]]
     agent.reset(ob, info)
     has_buttons = hasattr(env.unwrapped, "_cur_button_states")
-    steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+    steps: dict[str, list] = {
+        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
+    }
     if has_buttons:
         steps["button_states"] = []
     done = False
     while not done:
         if np.random.rand() < cfg.p_random_action:
-            # Uniform on the action box. Not `action_space.sample()`: ManipSpace builds a fresh,
+            # Uniform on the action box. Not `action_space.sample()`:
+            # ManipSpace builds a fresh,
             # unseeded Box on every access, which would make the data irreproducible.
             space = env.unwrapped.action_space
             action = np.random.uniform(space.low, space.high)
@@ -188,14 +236,21 @@ def _manip_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt
 
 
 def scene_is_healthy(qpos: np.ndarray) -> bool:
-    """Upstream's scene check: the cube stays visible (not too far right; far left only in the drawer)."""
+    """
+    Upstream's scene check: the cube stays visible (not too far right; far left only in
+    the drawer).
+    """
     cube = qpos[:, 14:17]
     too_right = (cube[:, 1] >= 0.29).any()
-    too_left = ((cube[:, 1] <= -0.3) & ((cube[:, 2] < 0.06) | (cube[:, 2] > 0.08))).any()
+    too_left = (
+        (cube[:, 1] <= -0.3) & ((cube[:, 2] < 0.06) | (cube[:, 2] > 0.08))
+    ).any()
     return not (too_right or too_left)
 
 
-def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) -> list[tuple[int, int]]:
+def _cells_at_distance(
+    maze: np.ndarray, start: tuple[int, int], distance: int
+) -> list[tuple[int, int]]:
     dist = {start: 0}
     frontier = [start]
     found = []
@@ -203,7 +258,12 @@ def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) 
         nxt = []
         for i, j in frontier:
             for ni, nj in ((i - 1, j), (i, j - 1), (i + 1, j), (i, j + 1)):
-                if 0 <= ni < maze.shape[0] and 0 <= nj < maze.shape[1] and maze[ni, nj] == 0 and (ni, nj) not in dist:
+                if (
+                    0 <= ni < maze.shape[0]
+                    and 0 <= nj < maze.shape[1]
+                    and maze[ni, nj] == 0
+                    and (ni, nj) not in dist
+                ):
                     dist[(ni, nj)] = dist[(i, j)] + 1
                     nxt.append((ni, nj))
                     if dist[(ni, nj)] == distance:
@@ -212,7 +272,9 @@ def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) 
     return found
 
 
-def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray]:
+def _maze_episode(
+    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int
+) -> dict[str, np.ndarray]:
     env, free, vertices = st["env"], st["free"], st["vertices"]
     u = env.unwrapped
     env_seed = _seed_episode(env, cfg, episode, attempt)
@@ -222,14 +284,20 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
     else:  # stitch: a goal four cells away
         near = _cells_at_distance(st["maze"], init_ij, 4)
         goal_ij = near[np.random.randint(len(near))] if near else init_ij
-    ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
-    steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+    ob, _ = env.reset(
+        seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij))
+    )
+    steps: dict[str, list] = {
+        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
+    }
     done = False
     while not done:
         subgoal_xy, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
         direction = subgoal_xy - u.get_xy()
         direction = direction / (np.linalg.norm(direction) + 1e-6)
-        action = np.clip(direction + np.random.normal(0.0, cfg.noise, direction.shape), -1.0, 1.0)
+        action = np.clip(
+            direction + np.random.normal(0.0, cfg.noise, direction.shape), -1.0, 1.0
+        )
         next_ob, _, terminated, truncated, info = env.step(action)
         done = bool(terminated or truncated)
         if info["success"] and cfg.dataset_type == "navigate":
@@ -247,8 +315,8 @@ def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
     """Collect episode number `episode` (0-based over train then validation episodes).
 
     Returns the raw OGBench arrays of one episode: `observations`, `actions` (float32),
-    `terminals` (bool, True at the last step), `qpos`, `qvel` (float32, the state *before* each
-    action), and `button_states` (int64) for puzzle and scene.
+    `terminals` (bool, True at the last step), `qpos`, `qvel` (float32, the state
+    *before* each action), and `button_states` (int64) for puzzle and scene.
     """
     st = _state(cfg)
     for attempt in range(1000):
@@ -260,7 +328,9 @@ def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
     raise RuntimeError(f"episode {episode}: 1000 unhealthy scene rollouts in a row")
 
 
-def worker_episode(args: tuple[RolloutConfig, int]) -> tuple[int, dict[str, np.ndarray]]:
+def worker_episode(
+    args: tuple[RolloutConfig, int],
+) -> tuple[int, dict[str, np.ndarray]]:
     """`multiprocessing` entry point: `(cfg, episode) -> (episode, arrays)`."""
     cfg, episode = args
     return episode, rollout_episode(cfg, episode)

@@ -1,17 +1,20 @@
-"""Generate OGBench datasets locally, with OGBench's own environments and scripted oracles.
+"""
+Generate OGBench datasets locally, with OGBench's own environments and scripted oracles.
 
     python -m flowsoc.rl.datagen cube-double-play-v0 --episodes 1000 --workers 8
 
 writes `cube-double-play-v0.npz` (training episodes) and `cube-double-play-v0-val.npz`
 (`episodes // 10` more, at least one) into the data directory (`--data-dir`, else
 `$FLOWSOC_DATA_DIR`, else `~/.ogbench/data`), in the official raw file format, so that
-`ogbench.make_env_and_datasets(name, dataset_path=...)` loads them exactly as a download.
+`ogbench.make_env_and_datasets(name, dataset_path=...)` loads them exactly as a
+download.
 
-The protocol follows upstream OGBench's `data_gen_scripts/` (see `_datagen_rollout`). Data depend only
-on the options and `--seed`: each episode is seeded from `(seed, episode index)`, so any worker count
-gives identical files. Files are written to a temporary name in the same directory and renamed, so a
-file under the final name is always complete. Antmaze, humanoidmaze and antsoccer are refused: their
-datasets are rollouts of pretrained expert policies that are not available here.
+The protocol follows upstream OGBench's `data_gen_scripts/` (see `_datagen_rollout`).
+Data depend only on the options and `--seed`: each episode is seeded from `(seed,
+episode index)`, so any worker count gives identical files. Files are written to a
+temporary name in the same directory and renamed, so a file under the final name is
+always complete. Antmaze, humanoidmaze and antsoccer are refused: their datasets are
+rollouts of pretrained expert policies that are not available here.
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import tyro
 
-from ._datagen_recipes import DatasetName, official_recipe, parse_dataset_name
-from ._datagen_rollout import RolloutConfig, rollout_episode, worker_episode
+from ._datagen_recipes import (
+    DatasetName,
+    official_recipe,
+    parse_dataset_name,
+    require_generatable,
+)
+from ._datagen_rollout import rollout_episode, RolloutConfig, worker_episode
 
 
 DATA_DIR_ENV = "FLOWSOC_DATA_DIR"
@@ -38,7 +47,9 @@ DEFAULT_DATA_DIR = "~/.ogbench/data"
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The dataset directory: `path` if given, else `$FLOWSOC_DATA_DIR`, else `~/.ogbench/data`."""
+    """The dataset directory: `path` if given, else `$FLOWSOC_DATA_DIR`, else
+    `~/.ogbench/data`.
+    """
     if path is None:
         path = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return Path(path).expanduser()
@@ -46,20 +57,26 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class GenerateOptions:
-    """Generate one OGBench dataset (training file and `-val.npz`) with OGBench's scripted oracles.
+    """
+    Generate one OGBench dataset (training file and `-val.npz`) with OGBench's scripted
+    oracles.
 
-    Unset numbers take OGBench's official values for the dataset (e.g. 1000 episodes of 1001 steps
-    for cube-double-play, 3000 for cube-triple; p_random_action 0.1/0.2 for noisy sets).
+    Unset numbers take OGBench's official values for the dataset (e.g. 1000 episodes of
+    1001 steps for cube-double-play, 3000 for cube-triple; p_random_action 0.1/0.2 for
+    noisy sets).
     """
 
-    env: str
-    """Dataset name, e.g. cube-double-play-v0 (a -singletask[-taskN] or -oraclerep name generates its data file)."""
+    env: Annotated[str, tyro.conf.arg(metavar="ENV")]
+    """Dataset name, e.g. cube-double-play-v0 (a -singletask[-taskN] or -oraclerep name
+    generates its data file).
+    """
     episodes: int | None = None
     """Training episodes (default: OGBench's official count)."""
     val_episodes: int | None = None
     """Validation episodes (default: episodes // 10, at least 1)."""
     episode_length: int | None = None
-    """Env steps per episode (default: 1001; 201 for stitch, 2001 for pointmaze-giant)."""
+    """Env steps per episode (default: 1001; 201 for stitch, 2001 for pointmaze-giant).
+    """
     workers: int = 1
     """Worker processes (MuJoCo is single-threaded; use about one per core)."""
     seed: int = 0
@@ -67,11 +84,18 @@ class GenerateOptions:
     data_dir: str | None = None
     """Output directory (default: $FLOWSOC_DATA_DIR or ~/.ogbench/data)."""
     out: str | None = None
-    """Explicit training-file path ending in .npz (overrides --data-dir; -val.npz goes beside it)."""
+    """Explicit training-file path ending in .npz (overrides --data-dir; -val.npz goes
+    beside it).
+    """
     noise: float | None = None
-    """Plan-oracle noise / markov noise ceiling (default 0.1), or pointmaze action noise std (0.5)."""
+    """Plan-oracle noise / markov noise ceiling (default 0.1), or pointmaze action noise
+    std (0.5).
+    """
     p_random_action: float | None = None
-    """Probability of a uniform random action (default: 0 for play, 0.1 noisy, 0.2 puzzle noisy)."""
+    """
+    Probability of a uniform random action (default: 0 for play, 0.1 noisy, 0.2 puzzle
+    noisy).
+    """
     overwrite: bool = False
     """Regenerate even if both files already exist."""
     progress: bool = True
@@ -102,16 +126,28 @@ def output_paths(options: GenerateOptions) -> tuple[Path, Path]:
     return train, train.with_name(train.name[: -len(".npz")] + "-val.npz")
 
 
-def rollout_config(options: GenerateOptions) -> tuple[DatasetName, RolloutConfig, int, int]:
-    """Resolve defaults: `(parsed name, per-episode config, train episodes, val episodes)`."""
+def rollout_config(
+    options: GenerateOptions,
+) -> tuple[DatasetName, RolloutConfig, int, int]:
+    """
+    Resolve defaults: `(parsed name, per-episode config, train episodes, val episodes)`.
+    """
     parsed = parse_dataset_name(options.env)
+    require_generatable(parsed)
     recipe = official_recipe(parsed)
     episodes = recipe.episodes if options.episodes is None else options.episodes
-    val = max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
-    length = recipe.episode_length if options.episode_length is None else options.episode_length
+    val = (
+        max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
+    )
+    length = (
+        recipe.episode_length
+        if options.episode_length is None
+        else options.episode_length
+    )
     if episodes < 1 or val < 1 or length < 2 or options.workers < 1:
         raise ValueError(
-            f"need episodes >= 1, val_episodes >= 1, episode_length >= 2, workers >= 1; got "
+            "need episodes >= 1, val_episodes >= 1, episode_length >= 2, workers >= "
+            "1; got "
             f"{episodes}, {val}, {length}, {options.workers}"
         )
     cfg = RolloutConfig(
@@ -121,24 +157,47 @@ def rollout_config(options: GenerateOptions) -> tuple[DatasetName, RolloutConfig
         dataset_type=parsed.dataset_type,
         seed=options.seed,
         episode_length=length,
-        p_random_action=recipe.p_random_action if options.p_random_action is None else options.p_random_action,
+        p_random_action=recipe.p_random_action
+        if options.p_random_action is None
+        else options.p_random_action,
         noise=recipe.noise if options.noise is None else options.noise,
     )
     return parsed, cfg, episodes, val
 
 
-def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
-    """Episodes 0..total-1 in order, from `workers` processes (in-process when workers == 1)."""
+def _episodes(
+    cfg: RolloutConfig, total: int, workers: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """
+    Episodes 0..total-1 in order, from `workers` processes (in-process when workers ==
+    1).
+    """
     if workers == 1:
         for i in range(total):
             yield rollout_episode(cfg, i)
         return
-    # "spawn": never fork a process that may hold JAX/XLA threads or a MuJoCo GL context.
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(_start_method())
     with ctx.Pool(min(workers, total)) as pool:
-        for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j) for j in range(total)))):
+        for i, (episode, arrays) in enumerate(
+            pool.imap(worker_episode, ((cfg, j) for j in range(total)))
+        ):
             assert episode == i
             yield arrays
+
+
+def _start_method() -> str:
+    """The multiprocessing start method: "spawn", so that no process holding JAX/XLA
+    threads is forked; "fork" only when the main module is not a file that spawn could
+    re-import (`python - <script`), which is safe as the workers never touch JAX.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if (
+        main_file is not None
+        and not os.path.exists(main_file)
+        and sys.platform != "win32"
+    ):
+        return "fork"
+    return "spawn"
 
 
 def _concat(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -146,7 +205,9 @@ def _concat(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """`np.savez_compressed` to a temporary file in the same directory, then `os.replace`."""
+    """
+    `np.savez_compressed` to a temporary file in the same directory, then `os.replace`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
     try:
@@ -163,8 +224,8 @@ def atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def generate(options: GenerateOptions) -> GeneratedDataset:
     """Generate the dataset described by `options`; return the paths and step counts.
 
-    Raises `UnknownDatasetError` / `UnsupportedDatasetError` (subclasses of `DatasetError`) for
-    names that are not OGBench datasets or cannot be generated here.
+    Raises `UnknownDatasetError` / `UnsupportedDatasetError` (subclasses of
+    `DatasetError`) for names that are not OGBench datasets or cannot be generated here.
     """
     parsed, cfg, n_train, n_val = rollout_config(options)
     train_path, val_path = output_paths(options)
@@ -180,7 +241,7 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         total=total * cfg.episode_length,
         unit="step",
         unit_scale=True,
-        desc=f"{parsed.file_stem} ({options.workers} worker{'s' if options.workers > 1 else ''})",
+        desc=f"{parsed.file_stem} ({options.workers} worker(s))",
         disable=not options.progress,
         file=sys.stderr,
     )
@@ -207,7 +268,14 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
     tmp = meta_path.with_name(f".{meta_path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, meta_path)
-    return GeneratedDataset(train_path, val_path, len(train["terminals"]), len(val["terminals"]), seconds, False)
+    return GeneratedDataset(
+        train_path,
+        val_path,
+        len(train["terminals"]),
+        len(val["terminals"]),
+        seconds,
+        False,
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -222,7 +290,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def generate_command(name: str, episodes: int | None = None, workers: int | None = None) -> str:
+def generate_command(
+    name: str, episodes: int | None = None, workers: int | None = None
+) -> str:
     """The shell command that generates dataset `name` (used in error messages)."""
     stem = parse_dataset_name(name).file_stem
     parts = ["python -m flowsoc.rl.datagen", stem]
@@ -235,8 +305,6 @@ def generate_command(name: str, episodes: int | None = None, workers: int | None
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m flowsoc.rl.datagen --help`)."""
-    import tyro
-
     from ._datagen_recipes import DatasetError
 
     Cli = Annotated[GenerateOptions, tyro.conf.arg(name="")]
@@ -244,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         options = tyro.cli(
             Cli,
             args=argv,
+            prog="python -m flowsoc.rl.datagen",
             config=(tyro.conf.PositionalRequiredArgs,),
             description=(
-                "Generate an OGBench dataset locally with OGBench's own oracles, in the official file "
+                "Generate an OGBench dataset locally with OGBench's own oracles, in "
+                "the official file "
                 "format (NAME.npz + NAME-val.npz)."
             ),
         )
@@ -258,12 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.skipped:
-        print(f"{result.train_path} and {result.val_path.name} exist; nothing to do (--overwrite to regenerate).")
+        print(
+            f"{result.train_path} and {result.val_path.name} exist; nothing to do "
+            "(--overwrite to regenerate)."
+        )
     else:
         steps = result.train_steps + result.val_steps
         print(
-            f"wrote {result.train_path} ({result.train_steps} steps) and {result.val_path.name} "
-            f"({result.val_steps} steps) in {result.seconds:.1f} s ({steps / max(result.seconds, 1e-9):.0f} steps/s)"
+            f"wrote {result.train_path} ({result.train_steps} steps) and "
+            f"{result.val_path.name} "
+            f"({result.val_steps} steps) in {result.seconds:.1f} s "
+            f"({steps / max(result.seconds, 1e-9):.0f} steps/s)"
         )
     return 0
 
