@@ -24,6 +24,7 @@ from ._paths import (
     uniform_grid as uniform_grid,
     VelocityField as VelocityField,
 )
+from ._trust_region import DualDescent as DualDescent, DualState as DualState
 from ._sde import (
     MemorylessDiffusion as MemorylessDiffusion,
     MemorylessDrift as MemorylessDrift,
