@@ -160,7 +160,9 @@ def accuracy_benchmark(n_paths):
             x1 = sample(x0, jr.key(2))
             mean_err = float(jnp.max(jnp.abs(x1.mean(0) - target_mean)))
             cov_err = float(jnp.max(jnp.abs(jnp.cov(x1.T) - target_cov)))
-            rows.append({"solver": name, "steps": k, "drift_evals": k * evals, "mean_err": mean_err, "cov_err": cov_err})
+            rows.append(
+                {"solver": name, "steps": k, "drift_evals": k * evals, "mean_err": mean_err, "cov_err": cov_err}
+            )
     jax.config.update("jax_enable_x64", False)
     return {"n_paths": n_paths, "mc_floor_approx": float(1 / jnp.sqrt(n_paths)), "rows": rows}
 
@@ -176,21 +178,34 @@ def main():
     print(f"{'program':<12}{'median ms':>11}{'min ms':>9}{'compile s':>11}{'GFLOP':>8}")
     for name in ("flowsoc", "plain_scan"):
         r = step[name]
-        print(f"{name:<12}{1e3 * r['median_s']:>11.1f}{1e3 * r['min_s']:>9.1f}{r['compile_s']:>11.2f}{r['gflop']:>8.2f}")
-    print(f"ratio flowsoc/plain: median {step['ratio_median']:.3f}, min {step['ratio_min']:.3f}; same loss and KL: {step['same_loss_and_kl']}")
+        print(
+            f"{name:<12}{1e3 * r['median_s']:>11.1f}{1e3 * r['min_s']:>9.1f}{r['compile_s']:>11.2f}{r['gflop']:>8.2f}"
+        )
+    print(
+        f"ratio flowsoc/plain: median {step['ratio_median']:.3f}, min {step['ratio_min']:.3f}; same loss and KL: {step['same_loss_and_kl']}"
+    )
 
     accuracy = accuracy_benchmark(50000 if opts.quick else 200000)
-    print(f"\nTerminal-law error vs the tilted Gaussian target ({accuracy['n_paths']} paths, MC floor ~{accuracy['mc_floor_approx']:.3f})")
+    print(
+        f"\nTerminal-law error vs the tilted Gaussian target ({accuracy['n_paths']} paths, MC floor ~{accuracy['mc_floor_approx']:.3f})"
+    )
     print(f"{'solver':<8}{'steps':>6}{'drift evals':>13}{'mean err':>10}{'cov err':>10}")
     for row in accuracy["rows"]:
-        print(f"{row['solver']:<8}{row['steps']:>6}{row['drift_evals']:>13}{row['mean_err']:>10.4f}{row['cov_err']:>10.4f}")
+        print(
+            f"{row['solver']:<8}{row['steps']:>6}{row['drift_evals']:>13}{row['mean_err']:>10.4f}{row['cov_err']:>10.4f}"
+        )
 
     out = pathlib.Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": "core",
         "command": "python benchmarks/core.py" + (" --quick" if opts.quick else ""),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "devices": [str(d) for d in jax.devices()],
+            "jax": jax.__version__,
+        },
         "step": step,
         "accuracy": accuracy,
     }

@@ -23,7 +23,9 @@ base = G.GaussianVelocity(mu, cov)
 t0, n = 0.005, 4096
 ts = fs.uniform_grid(400, t0=t0)  # exact schedule (shift=0) on a grid that avoids t=0
 
-print(f"{'lambda':>7} {'loss(base)':>11} {'loss(v*)':>10} {'path KL':>9} {'exact KL':>9} {'mean of X1':>18} {'target mean':>18}")
+print(
+    f"{'lambda':>7} {'loss(base)':>11} {'loss(v*)':>10} {'path KL':>9} {'exact KL':>9} {'mean of X1':>18} {'target mean':>18}"
+)
 for lam in (0.5, 1.0, 2.0):
     optimum = G.GaussianVelocity(*G.tilt_linear(mu, cov, b, lam))
     x0 = G.flow_map(*G.tilt_linear(mu, cov, b, lam), t0, jr.normal(jr.key(0), (n, 2)))  # X_t0 of the tilted flow

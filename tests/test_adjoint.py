@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import jaxtyping
 import pytest
+from tests.helpers import B, COV, MLPField, MU, unchecked
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, MLPField, MU, unchecked
 
 
 BASE = G.GaussianVelocity(MU, COV)

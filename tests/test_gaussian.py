@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 from scipy import integrate
+from tests.helpers import B, COV, MU
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, MU
 
 
 def test_velocity_is_conditional_expectation(getkey):
@@ -80,7 +80,9 @@ def test_quadratic_tilt_by_importance_weights(getkey):
 @pytest.mark.parametrize("budget", [0.1, 0.5, 2.0])
 def test_lambda_for_budget(budget):
     assert jnp.allclose(
-        G.lambda_for_budget(lambda lam: G.kl_linear(COV, B, lam), budget), G.dual_lambda_linear(COV, B, budget), rtol=1e-8
+        G.lambda_for_budget(lambda lam: G.kl_linear(COV, B, lam), budget),
+        G.dual_lambda_linear(COV, B, budget),
+        rtol=1e-8,
     )
     a, c = jnp.eye(2), jnp.array([2.0, -1.0])
     lam = G.lambda_for_budget(lambda lam: G.kl_quadratic(MU, COV, a, c, lam), budget)

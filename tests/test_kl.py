@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
+from tests.helpers import B, COV, g_shift, MLPField, moments, MU, unchecked
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, g_shift, MLPField, moments, MU, unchecked
 
 
 BASE = G.GaussianVelocity(MU, COV)

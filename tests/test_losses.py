@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
+from tests.helpers import B, COV, MLPField, MU, reference_sde, unchecked
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, MLPField, MU, reference_sde, unchecked
 
 
 BASE = G.GaussianVelocity(MU, COV)
@@ -91,7 +91,9 @@ def test_soc_objective_gradient_equals_scan_backprop(getkey):
     assert jnp.allclose(value, reference_full(field), rtol=1e-12)
     grad = eqx.filter_grad(lambda f: fs.soc_objective(f, base, x0, ts, key, reward, lam=lam))(field)
     grad_ref = eqx.filter_grad(reference_full)(field)
-    for a, b in zip(jax.tree.leaves(eqx.filter(grad, eqx.is_array)), jax.tree.leaves(eqx.filter(grad_ref, eqx.is_array))):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(grad, eqx.is_array)), jax.tree.leaves(eqx.filter(grad_ref, eqx.is_array))
+    ):
         assert jnp.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 

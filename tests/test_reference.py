@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
+from tests.helpers import MLPField, reference_lean_adjoint, reference_loss_and_kl, reference_sde
 
 import flowsoc as fs
-
-from tests.helpers import MLPField, reference_lean_adjoint, reference_loss_and_kl, reference_sde
 
 
 @pytest.mark.parametrize("conditioned", [False, True])
@@ -47,7 +46,9 @@ def test_library_equals_plain_scan(getkey, conditioned):
     # And the parameter gradients of the loss.
     grad = eqx.filter_grad(lambda f: fs.adjoint_matching_loss(f, base, xs, ts, adj, lam=lam, args=args))(field)
     grad_ref = eqx.filter_grad(lambda f: reference_loss_and_kl(f, base, xs, ts, adj, lam, h, args=args)[0])(field)
-    for a, b in zip(jax.tree.leaves(eqx.filter(grad, eqx.is_array)), jax.tree.leaves(eqx.filter(grad_ref, eqx.is_array))):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(grad, eqx.is_array)), jax.tree.leaves(eqx.filter(grad_ref, eqx.is_array))
+    ):
         assert jnp.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -63,5 +64,7 @@ def test_batched_state_equals_vmapped_paths(getkey):
     adj_vmapped = jax.vmap(lambda x, a: fs.lean_adjoint(base, x, ts, a), in_axes=(1, 0), out_axes=1)(xs, terminal)
     assert jnp.allclose(adj_batched, adj_vmapped, rtol=1e-12, atol=1e-12)
     loss_batched = fs.adjoint_matching_loss(field, base, xs, ts, adj_batched)
-    loss_vmapped = jax.vmap(lambda x, a: fs.adjoint_matching_loss(field, base, x, ts, a), in_axes=(1, 1))(xs, adj_batched)
+    loss_vmapped = jax.vmap(lambda x, a: fs.adjoint_matching_loss(field, base, x, ts, a), in_axes=(1, 1))(
+        xs, adj_batched
+    )
     assert jnp.allclose(loss_batched, loss_vmapped.sum(), rtol=1e-12)

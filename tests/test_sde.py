@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import jaxtyping
 import pytest
+from tests.helpers import B, COV, moments, MU
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, moments, MU
 
 
 BASE = G.GaussianVelocity(MU, COV)
@@ -132,7 +132,11 @@ def test_sampling_with_optimal_field_lands_on_tilted_target(getkey, lam):
     target_mean, target_cov = G.tilt_linear(MU, COV, B, lam)
     x0 = jr.normal(getkey(), (20000, 2))
     x1 = fs.sample_ode(
-        optimum, x0, fs.uniform_grid(10), solver=dfx.Tsit5(), stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-9)
+        optimum,
+        x0,
+        fs.uniform_grid(10),
+        solver=dfx.Tsit5(),
+        stepsize_controller=dfx.PIDController(rtol=1e-9, atol=1e-9),
     )
     assert jnp.max(jnp.abs(x1 - G.flow_map(target_mean, target_cov, 1.0, x0))) < 1e-6
     t0 = 0.02
@@ -148,6 +152,8 @@ def test_sampling_quadratic_tilt(getkey):
     optimum = G.GaussianVelocity(target_mean, target_cov)
     x0 = jr.normal(getkey(), (20000, 2))
     t0 = 0.02
-    xs = fs.sample_sde(optimum, G.flow_map(target_mean, target_cov, t0, x0), fs.uniform_grid(300, t0=t0), getkey(), shift=0.0)
+    xs = fs.sample_sde(
+        optimum, G.flow_map(target_mean, target_cov, t0, x0), fs.uniform_grid(300, t0=t0), getkey(), shift=0.0
+    )
     mean, cov = moments(xs[-1])
     assert jnp.allclose(mean, target_mean, atol=0.04) and jnp.allclose(cov, target_cov, atol=0.05)

@@ -19,7 +19,9 @@ def _run(dual, kl_of_lam, steps):
 @pytest.mark.parametrize("budget", [0.2, 1.0])
 def test_converges_to_dual_fixed_point(budget, log_space):
     c = 3.0
-    dual = fs.DualDescent(kl_budget=budget, step_size=0.05 if not log_space else 0.02, lam_scale=1.0, log_space=log_space)
+    dual = fs.DualDescent(
+        kl_budget=budget, step_size=0.05 if not log_space else 0.02, lam_scale=1.0, log_space=log_space
+    )
     state = _run(dual, lambda lam: c / lam**2, 20000)
     assert jnp.allclose(state.lam, jnp.sqrt(c / budget), rtol=1e-3)
     assert jnp.allclose(state.kl_avg, budget, rtol=1e-3)

@@ -8,7 +8,7 @@ Girsanov path KL, and exact Gaussian oracles (`flowsoc.gaussian`).
 import importlib.metadata
 
 from . import gaussian as gaussian
-from ._adjoint import LeanAdjointField as LeanAdjointField, lean_adjoint as lean_adjoint
+from ._adjoint import lean_adjoint as lean_adjoint, LeanAdjointField as LeanAdjointField
 from ._brownian import GridBrownianPath as GridBrownianPath
 from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
 from ._losses import (
@@ -24,14 +24,14 @@ from ._paths import (
     uniform_grid as uniform_grid,
     VelocityField as VelocityField,
 )
-from ._trust_region import DualDescent as DualDescent, DualState as DualState
 from ._sde import (
+    memoryless_terms as memoryless_terms,
     MemorylessDiffusion as MemorylessDiffusion,
     MemorylessDrift as MemorylessDrift,
-    memoryless_terms as memoryless_terms,
     sample_ode as sample_ode,
     sample_sde as sample_sde,
 )
+from ._trust_region import DualDescent as DualDescent, DualState as DualState
 
 
 __version__ = importlib.metadata.version("flowsoc")

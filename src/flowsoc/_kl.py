@@ -10,9 +10,7 @@ from jaxtyping import Array, Float, Real
 from ._paths import check_finite, check_grid, check_lam, check_path_shapes, resolve_shift, shifted_sigma, VelocityField
 
 
-def velocity_gaps(
-    field: VelocityField, base: VelocityField, xs: Array, ts: Array, args: Any
-) -> Array:
+def velocity_gaps(field: VelocityField, base: VelocityField, xs: Array, ts: Array, args: Any) -> Array:
     r"""$v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i)$ for $i = 0 \dots n-2$, the base without gradient.
     The grid points are evaluated as one batch (`jax.vmap` over time)."""
     t, x = ts[:-1], xs[:-1]
@@ -69,9 +67,7 @@ def path_kl(
     return jnp.sum(weights * per_step)
 
 
-def optimal_kl(
-    base_rewards: Float[Array, " samples"], lam: float | Real[Array, ""]
-) -> Float[Array, ""]:
+def optimal_kl(base_rewards: Float[Array, " samples"], lam: float | Real[Array, ""]) -> Float[Array, ""]:
     r"""The KL of the tilted optimum $p^* \propto p_{\rm base}\,e^{r/\lambda}$ to the base, from
     rewards of base samples:
 

@@ -202,7 +202,12 @@ def sample_sde(
             brownian = dfx.VirtualBrownianTree(
                 ts_sde[0], ts_sde[-1], tol=tol, shape=x0.shape, key=key, levy_area=levy_area
             )
-            controller, dt0, saveat, steps = stepsize_controller, ts_sde[1] - ts_sde[0], dfx.SaveAt(ts=ts_sde), max_steps
+            controller, dt0, saveat, steps = (
+                stepsize_controller,
+                ts_sde[1] - ts_sde[0],
+                dfx.SaveAt(ts=ts_sde),
+                max_steps,
+            )
         sol = dfx.diffeqsolve(
             memoryless_terms(field, brownian, shift),
             solver,

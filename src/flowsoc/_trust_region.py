@@ -66,7 +66,9 @@ class DualDescent(eqx.Module):
         if bad(self.ema) or not 0 < self.ema <= 1:
             raise ValueError(f"DualDescent: ema must lie in (0, 1], got {self.ema}.")
         if bad(self.clip_coef) or self.clip_coef < 1:
-            raise ValueError(f"DualDescent: clip_coef must be >= 1 (it clips the KL at clip_coef * kl_budget), got {self.clip_coef}.")
+            raise ValueError(
+                f"DualDescent: clip_coef must be >= 1 (it clips the KL at clip_coef * kl_budget), got {self.clip_coef}."
+            )
         if bad(self.lam_min) or bad(self.lam_max) or not 0 < self.lam_min < self.lam_max:
             raise ValueError(
                 f"DualDescent: need 0 < lam_min < lam_max, got lam_min={self.lam_min}, lam_max={self.lam_max}."

@@ -61,7 +61,10 @@ def flow_map(
 
 
 def tilt_linear(
-    mean: Float[ArrayLike, " d"], cov: Float[ArrayLike, "d d"], b: Float[ArrayLike, " d"], lam: Real[ArrayLike, ""] = 1.0
+    mean: Float[ArrayLike, " d"],
+    cov: Float[ArrayLike, "d d"],
+    b: Float[ArrayLike, " d"],
+    lam: Real[ArrayLike, ""] = 1.0,
 ) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
     r"""Tilt by $r = b^\top x$: $\mathcal N(\mu, \Sigma)\,e^{r/\lambda} \propto \mathcal N(\mu + \Sigma b/\lambda, \Sigma)$."""
     cov = jnp.asarray(cov)
@@ -109,7 +112,10 @@ def optimal_velocity_linear(
 
 
 def kl(
-    mean_p: Float[ArrayLike, " d"], cov_p: Float[ArrayLike, "d d"], mean_q: Float[ArrayLike, " d"], cov_q: Float[ArrayLike, "d d"]
+    mean_p: Float[ArrayLike, " d"],
+    cov_p: Float[ArrayLike, "d d"],
+    mean_q: Float[ArrayLike, " d"],
+    cov_q: Float[ArrayLike, "d d"],
 ) -> Float[Array, ""]:
     r"""$\mathrm{KL}(\mathcal N(m_p, S_p) \Vert \mathcal N(m_q, S_q)) =
     \tfrac12[\mathrm{tr}(S_q^{-1}S_p) - d + (m_p - m_q)^\top S_q^{-1}(m_p - m_q) + \log\det S_q - \log\det S_p]$."""
@@ -122,7 +128,9 @@ def kl(
     return 0.5 * (trace - d + maha + logdet)
 
 
-def kl_linear(cov: Float[ArrayLike, "d d"], b: Float[ArrayLike, " d"], lam: Real[ArrayLike, ""] = 1.0) -> Float[Array, ""]:
+def kl_linear(
+    cov: Float[ArrayLike, "d d"], b: Float[ArrayLike, " d"], lam: Real[ArrayLike, ""] = 1.0
+) -> Float[Array, ""]:
     r"""$\mathrm{KL}^*(\lambda) = b^\top\Sigma b/(2\lambda^2)$ for the linear tilt (terminal and path KL)."""
     b = jnp.asarray(b)
     return b @ jnp.asarray(cov) @ b / (2 * lam**2)
@@ -140,7 +148,9 @@ def kl_quadratic(
     return kl(new_mean, new_cov, mean, cov)
 
 
-def dual_lambda_linear(cov: Float[ArrayLike, "d d"], b: Float[ArrayLike, " d"], budget: Real[ArrayLike, ""]) -> Float[Array, ""]:
+def dual_lambda_linear(
+    cov: Float[ArrayLike, "d d"], b: Float[ArrayLike, " d"], budget: Real[ArrayLike, ""]
+) -> Float[Array, ""]:
     r"""The λ whose tilt spends exactly the KL budget ε for $r = b^\top x$: $\lambda^* = \sqrt{b^\top\Sigma b/(2\varepsilon)}$."""
     b = jnp.asarray(b)
     return jnp.sqrt(b @ jnp.asarray(cov) @ b / (2 * budget))
