@@ -1,0 +1,223 @@
+"""The generator: official file format, OGBench's loader, determinism, atomic writes,
+refusals."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from flowsoc.rl import datagen
+from flowsoc.rl._datagen_recipes import (
+    official_recipe,
+    parse_dataset_name,
+    UnknownDatasetError,
+    UnsupportedDatasetError,
+)
+from flowsoc.rl._datagen_rollout import scene_is_healthy
+from flowsoc.rl.datagen import generate, GenerateOptions
+
+
+EPISODE_LENGTH = 101  # as in conftest.py
+SMALL = {"cube-single-play-v0": 3, "scene-play-v0": 2, "puzzle-3x3-play-v0": 2, "pointmaze-medium-navigate-v0": 3}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _same_sizes_as_conftest(small):
+    assert small.episodes == SMALL and small.length == EPISODE_LENGTH
+
+
+# stem -> (observation dim, action dim, has button_states)
+SHAPES = {
+    "cube-single-play-v0": (28, 5, False),
+    "scene-play-v0": (40, 5, True),
+    "puzzle-3x3-play-v0": (55, 5, True),
+    "pointmaze-medium-navigate-v0": (2, 2, False),
+}
+
+
+def _load(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("stem", list(SMALL))
+def test_raw_file_format(data_root, stem):
+    obs_dim, act_dim, buttons = SHAPES[stem]
+    for path, episodes in ((data_root / f"{stem}.npz", SMALL[stem]), (data_root / f"{stem}-val.npz", 1)):
+        raw = _load(path)
+        keys = {"observations", "actions", "terminals", "qpos", "qvel"} | ({"button_states"} if buttons else set())
+        assert set(raw) == keys
+        n = episodes * EPISODE_LENGTH
+        assert raw["observations"].shape == (n, obs_dim) and raw["observations"].dtype == np.float32
+        assert raw["actions"].shape == (n, act_dim) and raw["actions"].dtype == np.float32
+        assert raw["terminals"].dtype == np.bool_
+        expected_terminals = np.zeros(n, bool)
+        expected_terminals[EPISODE_LENGTH - 1 :: EPISODE_LENGTH] = True
+        np.testing.assert_array_equal(raw["terminals"], expected_terminals)
+        assert raw["qpos"].dtype == np.float32 and raw["qvel"].dtype == np.float32
+        if buttons:
+            assert raw["button_states"].dtype == np.int64
+        assert np.all(np.abs(raw["actions"]) <= 1.0)
+    meta = (data_root / f"{stem}.json").read_text()
+    assert '"generator": "flowsoc.rl.datagen"' in meta
+
+
+@pytest.mark.parametrize("stem", list(SMALL))
+def test_loads_through_ogbench(data_root, stem):
+    """OGBench's own loader reads the files, with the official keys and shapes."""
+    import ogbench
+
+    obs_dim, act_dim, _ = SHAPES[stem]
+    env, train, val = ogbench.make_env_and_datasets(stem, dataset_path=str(data_root / f"{stem}.npz"))
+    assert env.observation_space.shape == (obs_dim,)
+    assert set(train) == set(val) == {"observations", "actions", "terminals", "next_observations"}
+    for data, episodes in ((train, SMALL[stem]), (val, 1)):
+        n = episodes * (EPISODE_LENGTH - 1)  # the loader drops each episode's last state
+        assert data["observations"].shape == data["next_observations"].shape == (n, obs_dim)
+        assert data["actions"].shape == (n, act_dim)
+        assert data["terminals"].sum() == episodes
+    raw = _load(data_root / f"{stem}.npz")
+    np.testing.assert_array_equal(
+        train["observations"][: EPISODE_LENGTH - 1], raw["observations"][: EPISODE_LENGTH - 1]
+    )
+    np.testing.assert_array_equal(
+        train["next_observations"][: EPISODE_LENGTH - 1], raw["observations"][1:EPISODE_LENGTH]
+    )
+
+
+def test_scene_episodes_pass_health_check(data_root):
+    raw = _load(data_root / "scene-play-v0.npz")
+    for episode in np.split(raw["qpos"], np.nonzero(raw["terminals"])[0][:-1] + 1):
+        assert scene_is_healthy(episode)
+
+
+def _small(stem, root, **kw):
+    opts = dict(env=stem, episodes=3, val_episodes=1, episode_length=41, seed=0, data_dir=str(root), progress=False)
+    opts.update(kw)
+    return generate(GenerateOptions(**opts))
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    a = _small("cube-single-noisy-v0", tmp_path / "a")
+    b = _small("cube-single-noisy-v0", tmp_path / "b")
+    c = _small("cube-single-noisy-v0", tmp_path / "c", seed=1)
+    for path_a, path_b, path_c in ((a.train_path, b.train_path, c.train_path), (a.val_path, b.val_path, c.val_path)):
+        ra, rb, rc = _load(path_a), _load(path_b), _load(path_c)
+        assert set(ra) == set(rb)
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k])
+        assert not np.array_equal(ra["actions"], rc["actions"])
+    # Validation episodes are new episodes, not copies of training ones.
+    assert not np.array_equal(_load(a.val_path)["actions"], _load(a.train_path)["actions"][:41])
+
+
+def test_deterministic_across_worker_counts(tmp_path):
+    """Per-episode seeding: 1 and 2 worker processes write identical files (cube-double
+    noisy exercises markov oracles, random actions and stacking probabilities)."""
+    one = _small("cube-double-noisy-v0", tmp_path / "w1", workers=1, episodes=4)
+    two = _small("cube-double-noisy-v0", tmp_path / "w2", workers=2, episodes=4)
+    for p1, p2 in ((one.train_path, two.train_path), (one.val_path, two.val_path)):
+        r1, r2 = _load(p1), _load(p2)
+        assert set(r1) == set(r2)
+        for k in r1:
+            np.testing.assert_array_equal(r1[k], r2[k])
+    assert one.train_steps == 4 * 41 and one.val_steps == 41
+
+
+def test_existing_files_are_kept(tmp_path):
+    first = _small("pointmaze-medium-stitch-v0", tmp_path, episodes=2)
+    mtime = os.path.getmtime(first.train_path)
+    again = _small("pointmaze-medium-stitch-v0", tmp_path, episodes=2)
+    assert again.skipped and os.path.getmtime(first.train_path) == mtime
+    forced = _small("pointmaze-medium-stitch-v0", tmp_path, episodes=2, overwrite=True)
+    assert not forced.skipped
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.npz"
+    datagen.atomic_savez(target, {"a": np.arange(3)})
+    assert sorted(os.listdir(tmp_path)) == ["x.npz"]
+
+    real = np.savez_compressed
+
+    def dies_midway(f, **arrays):
+        real(f, **arrays)
+        f.truncate(10)  # a partly written file ...
+        raise KeyboardInterrupt  # ... when the process is interrupted
+
+    monkeypatch.setattr(np, "savez_compressed", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        datagen.atomic_savez(target, {"a": np.arange(5)})
+    with pytest.raises(KeyboardInterrupt):
+        datagen.atomic_savez(tmp_path / "new.npz", {"a": np.arange(5)})
+    assert sorted(os.listdir(tmp_path)) == ["x.npz"]  # no temp file, no new.npz
+    np.testing.assert_array_equal(np.load(target)["a"], np.arange(3))  # old file intact
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("antmaze-large-navigate-v0", "expert"),
+        ("humanoidmaze-medium-navigate-singletask-task1-v0", "expert"),
+        ("antsoccer-arena-navigate-v0", "expert"),
+        ("visual-cube-single-play-v0", "visual"),
+        ("powderworld-easy-play-v0", "powderworld"),
+        ("cube-octuple-play-v0", "octuple"),
+    ],
+)
+def test_refused_datasets(tmp_path, name, needle, capsys):
+    with pytest.raises(UnsupportedDatasetError, match=needle):
+        generate(GenerateOptions(env=name, data_dir=str(tmp_path)))
+    assert datagen.main([name, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert name in err and needle in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["cube-single-v0", "foo-play-v0", "cube-single-play", "cube-single-play-singletask-task7-v0"]
+)
+def test_unknown_names(name):
+    with pytest.raises(UnknownDatasetError, match=name):
+        generate(GenerateOptions(env=name))
+
+
+def test_cli(tmp_path, capsys):
+    assert datagen.main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    for flag in ("ENV", "--episodes", "--workers", "--seed", "--episode-length", "--data-dir", "--overwrite"):
+        assert flag in help_text
+    args = ["pointmaze-medium-navigate-v0", "--episodes", "2", "--episode-length", "21", "--data-dir", str(tmp_path)]
+    assert datagen.main(args + ["--no-progress"]) == 0
+    assert sorted(os.listdir(tmp_path)) == [
+        "pointmaze-medium-navigate-v0-val.npz",
+        "pointmaze-medium-navigate-v0.json",
+        "pointmaze-medium-navigate-v0.npz",
+    ]
+    assert _load(tmp_path / "pointmaze-medium-navigate-v0.npz")["terminals"].shape == (42,)
+
+
+def test_out_path_and_singletask_name(tmp_path):
+    out = tmp_path / "sub" / "mine.npz"
+    res = _small("cube-single-play-singletask-task3-v0", tmp_path, out=str(out), episodes=1, episode_length=11)
+    assert res.train_path == out and res.val_path == tmp_path / "sub" / "mine-val.npz"
+    assert shutil.disk_usage(out) and out.exists() and res.val_path.exists()
+
+
+def test_names_and_recipes():
+    p = parse_dataset_name("cube-double-play-singletask-task2-v0")
+    assert (p.env_id, p.file_stem, p.task, p.dataset_type) == ("cube-double-v0", "cube-double-play-v0", 2, "play")
+    assert parse_dataset_name("cube-double-play-singletask-v0").task == 2
+    assert parse_dataset_name("puzzle-4x4-play-singletask-v0").task == 4
+    assert parse_dataset_name("puzzle-4x6-noisy-singletask-v0").task == 2
+    assert parse_dataset_name("scene-play-oraclerep-v0").file_stem == "scene-play-v0"
+    assert parse_dataset_name("antmaze-large-navigate-singletask-task3-v0").file_stem == "antmaze-large-navigate-v0"
+    # upstream commands.sh
+    assert official_recipe(parse_dataset_name("cube-triple-play-v0")).episodes == 3000
+    assert official_recipe(parse_dataset_name("cube-quadruple-noisy-v0")).p_random_action == 0.1
+    assert official_recipe(parse_dataset_name("puzzle-4x4-noisy-v0")).p_random_action == 0.2
+    assert official_recipe(parse_dataset_name("scene-play-v0")).episode_length == 1001
+    assert official_recipe(parse_dataset_name("pointmaze-giant-navigate-v0")).episode_length == 2001
+    assert official_recipe(parse_dataset_name("pointmaze-large-stitch-v0")).episodes == 5000
+    assert datagen.rollout_config(GenerateOptions(env="puzzle-4x5-play-v0"))[2:] == (3000, 300)
