@@ -88,13 +88,9 @@ class DatasetName:
     domain: str
     variant: str  # "double", "3x3", "medium", "" for scene
     dataset_type: str  # play / noisy / navigate / stitch
-    env_id: (
-        str  # the goal-conditioned environment used for generation: "cube-double-v0"
-    )
+    env_id: str  # the goal-conditioned environment used for generation: "cube-double-v0"
     file_stem: str  # official data file name without ".npz": "cube-double-play-v0"
-    task: (
-        int | None
-    )  # None: goal-conditioned; else the single task (bare "singletask" -> default)
+    task: int | None  # None: goal-conditioned; else the single task (bare "singletask" -> default)
     oraclerep: bool
 
     @property
@@ -141,9 +137,7 @@ def require_generatable(parsed: DatasetName) -> None:
             f"substitute, so this dataset cannot be generated here. {copy_hint}"
         )
     if domain == "powderworld":
-        raise UnsupportedDatasetError(
-            f"{name!r}: flowsoc does not generate powderworld datasets. {copy_hint}"
-        )
+        raise UnsupportedDatasetError(f"{name!r}: flowsoc does not generate powderworld datasets. {copy_hint}")
     if domain == "cube" and parsed.variant == "octuple":
         raise UnsupportedDatasetError(
             f"{name!r}: OGBench publishes no cube-octuple dataset recipe; flowsoc "
@@ -163,14 +157,10 @@ def parse_dataset_name(name: str) -> DatasetName:
     environment.
     """
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", name):
-        raise UnknownDatasetError(
-            f"{name!r} is not an OGBench dataset name. {SUPPORTED_HELP}"
-        )
+        raise UnknownDatasetError(f"{name!r} is not an OGBench dataset name. {SUPPORTED_HELP}")
     tokens = name.split("-")
     if tokens[-1] != "v0":
-        raise UnknownDatasetError(
-            f"{name!r}: OGBench dataset names end in '-v0'. {SUPPORTED_HELP}"
-        )
+        raise UnknownDatasetError(f"{name!r}: OGBench dataset names end in '-v0'. {SUPPORTED_HELP}")
     body = tokens[:-1]
     visual = bool(body) and body[0] == "visual"
     if visual:
@@ -187,8 +177,7 @@ def parse_dataset_name(name: str) -> DatasetName:
             task = int(rest[0][4:])
         else:
             raise UnknownDatasetError(
-                f"{name!r}: after 'singletask' only '-task1' ... '-task5' may follow. "
-                f"{SUPPORTED_HELP}"
+                f"{name!r}: after 'singletask' only '-task1' ... '-task5' may follow. {SUPPORTED_HELP}"
             )
     elif body and body[-1] == "oraclerep":
         oraclerep = True
@@ -205,9 +194,7 @@ def parse_dataset_name(name: str) -> DatasetName:
             ok = len(body) == 3 and body[1] in variants and body[2] in types
             variant = body[1] if ok else ""
     if not ok:
-        raise UnknownDatasetError(
-            f"{name!r} is not a known OGBench dataset. {SUPPORTED_HELP}"
-        )
+        raise UnknownDatasetError(f"{name!r} is not a known OGBench dataset. {SUPPORTED_HELP}")
     domain, dtype = body[0], body[-1]
     if task == 0:
         key = f"puzzle-{variant}" if f"puzzle-{variant}" in DEFAULT_TASK else domain
@@ -235,9 +222,7 @@ class Recipe:
 
     episodes: int  # training episodes; the validation file holds episodes // 10 more
     episode_length: int  # env steps per episode (the TimeLimit); 1001 for most datasets
-    p_random_action: (
-        float  # probability of a uniformly random action instead of the oracle's
-    )
+    p_random_action: float  # probability of a uniformly random action instead of the oracle's
     # manipulation: plan-oracle noise or markov noise ceiling; pointmaze: action
     # noise std
     noise: float
@@ -252,9 +237,7 @@ def official_recipe(parsed: DatasetName) -> Recipe:
         if parsed.variant == "giant":
             return Recipe(500, 2001, 0.0, 0.5, "maze")
         return Recipe(1000, 1001, 0.0, 0.5, "maze")
-    episodes = {"triple": 3000, "quadruple": 5000, "4x5": 3000, "4x6": 5000}.get(
-        parsed.variant, 1000
-    )
+    episodes = {"triple": 3000, "quadruple": 5000, "4x5": 3000, "4x6": 5000}.get(parsed.variant, 1000)
     if parsed.dataset_type == "play":
         return Recipe(episodes, 1001, 0.0, 0.1, "plan")
     p_random = 0.2 if parsed.domain == "puzzle" else 0.1

@@ -61,30 +61,13 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
     import ogbench  # noqa: F401  (registers the environments)
 
     if cfg.domain == "pointmaze":
-        env = gymnasium.make(
-            cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length
-        )
+        env = gymnasium.make(cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length)
         maze = np.asarray(env.unwrapped.maze_map)
-        free = [
-            (i, j)
-            for i in range(maze.shape[0])
-            for j in range(maze.shape[1])
-            if maze[i, j] == 0
-        ]
+        free = [(i, j) for i in range(maze.shape[0]) for j in range(maze.shape[1]) if maze[i, j] == 0]
 
         def corridor(i: int, j: int) -> bool:
-            vertical = (
-                maze[i - 1, j] == 0
-                and maze[i + 1, j] == 0
-                and maze[i, j - 1] == 1
-                and maze[i, j + 1] == 1
-            )
-            horizontal = (
-                maze[i, j - 1] == 0
-                and maze[i, j + 1] == 0
-                and maze[i - 1, j] == 1
-                and maze[i + 1, j] == 1
-            )
+            vertical = maze[i - 1, j] == 0 and maze[i + 1, j] == 0 and maze[i, j - 1] == 1 and maze[i, j + 1] == 1
+            horizontal = maze[i, j - 1] == 0 and maze[i, j + 1] == 0 and maze[i - 1, j] == 1 and maze[i + 1, j] == 1
             return bool(vertical or horizontal)
 
         vertices = [c for c in free if not corridor(*c)]
@@ -109,9 +92,7 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
     plan_kw = dict(noise=cfg.noise, noise_smoothing=cfg.noise_smoothing)
     if cfg.domain == "cube":
         oracles = {
-            "cube": CubeMarkovOracle(env=env, min_norm=cfg.min_norm)
-            if markov
-            else CubePlanOracle(env=env, **plan_kw)
+            "cube": CubeMarkovOracle(env=env, min_norm=cfg.min_norm) if markov else CubePlanOracle(env=env, **plan_kw)
         }
     elif cfg.domain == "scene":
         if markov:
@@ -130,17 +111,9 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
             }
     elif cfg.domain == "puzzle":
         if markov:
-            oracles = {
-                "button": ButtonMarkovOracle(
-                    env=env, min_norm=cfg.min_norm, gripper_always_closed=True
-                )
-            }
+            oracles = {"button": ButtonMarkovOracle(env=env, min_norm=cfg.min_norm, gripper_always_closed=True)}
         else:
-            oracles = {
-                "button": ButtonPlanOracle(
-                    env=env, gripper_always_closed=True, **plan_kw
-                )
-            }
+            oracles = {"button": ButtonPlanOracle(env=env, gripper_always_closed=True, **plan_kw)}
     else:  # pragma: no cover - guarded by the name parser
         raise ValueError(f"no oracle for domain {cfg.domain!r}")
     return dict(env=env, oracles=oracles)
@@ -156,14 +129,10 @@ def _state(cfg: RolloutConfig) -> dict[str, Any]:
 def _seed_episode(env: Any, cfg: RolloutConfig, episode: int, attempt: int) -> int:
     """Seed every random source an episode touches; returns the env's reset seed."""
     words = np.random.SeedSequence([cfg.seed, episode, attempt]).generate_state(4)
-    np.random.seed(
-        words
-    )  # OGBench's oracles and maze noise draw from numpy's global generator
+    np.random.seed(words)  # OGBench's oracles and maze noise draw from numpy's global generator
     env_seed = int(words[0])
     space = env.unwrapped.action_space
-    space.seed(
-        env_seed
-    )  # the maze's reset takes a few steps with `action_space.sample()`
+    space.seed(env_seed)  # the maze's reset takes a few steps with `action_space.sample()`
     return env_seed
 
 
@@ -184,9 +153,7 @@ def _pack(steps: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in steps.items()}
 
 
-def _manip_episode(
-    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int
-) -> dict[str, np.ndarray] | None:
+def _manip_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray] | None:
     env, oracles = st["env"], st["oracles"]
     env_seed = _seed_episode(env, cfg, episode, attempt)
     ob, info = env.reset(seed=env_seed)
@@ -197,9 +164,7 @@ def _manip_episode(
     agent = oracles[info["privileged/target_task"]]
     agent.reset(ob, info)
     has_buttons = hasattr(env.unwrapped, "_cur_button_states")
-    steps: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
-    }
+    steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
     if has_buttons:
         steps["button_states"] = []
     done = False
@@ -242,15 +207,11 @@ def scene_is_healthy(qpos: np.ndarray) -> bool:
     """
     cube = qpos[:, 14:17]
     too_right = (cube[:, 1] >= 0.29).any()
-    too_left = (
-        (cube[:, 1] <= -0.3) & ((cube[:, 2] < 0.06) | (cube[:, 2] > 0.08))
-    ).any()
+    too_left = ((cube[:, 1] <= -0.3) & ((cube[:, 2] < 0.06) | (cube[:, 2] > 0.08))).any()
     return not (too_right or too_left)
 
 
-def _cells_at_distance(
-    maze: np.ndarray, start: tuple[int, int], distance: int
-) -> list[tuple[int, int]]:
+def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) -> list[tuple[int, int]]:
     dist = {start: 0}
     frontier = [start]
     found = []
@@ -258,12 +219,7 @@ def _cells_at_distance(
         nxt = []
         for i, j in frontier:
             for ni, nj in ((i - 1, j), (i, j - 1), (i + 1, j), (i, j + 1)):
-                if (
-                    0 <= ni < maze.shape[0]
-                    and 0 <= nj < maze.shape[1]
-                    and maze[ni, nj] == 0
-                    and (ni, nj) not in dist
-                ):
+                if 0 <= ni < maze.shape[0] and 0 <= nj < maze.shape[1] and maze[ni, nj] == 0 and (ni, nj) not in dist:
                     dist[(ni, nj)] = dist[(i, j)] + 1
                     nxt.append((ni, nj))
                     if dist[(ni, nj)] == distance:
@@ -272,9 +228,7 @@ def _cells_at_distance(
     return found
 
 
-def _maze_episode(
-    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int
-) -> dict[str, np.ndarray]:
+def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray]:
     env, free, vertices = st["env"], st["free"], st["vertices"]
     u = env.unwrapped
     env_seed = _seed_episode(env, cfg, episode, attempt)
@@ -284,20 +238,14 @@ def _maze_episode(
     else:  # stitch: a goal four cells away
         near = _cells_at_distance(st["maze"], init_ij, 4)
         goal_ij = near[np.random.randint(len(near))] if near else init_ij
-    ob, _ = env.reset(
-        seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij))
-    )
-    steps: dict[str, list] = {
-        k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")
-    }
+    ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
+    steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
     done = False
     while not done:
         subgoal_xy, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
         direction = subgoal_xy - u.get_xy()
         direction = direction / (np.linalg.norm(direction) + 1e-6)
-        action = np.clip(
-            direction + np.random.normal(0.0, cfg.noise, direction.shape), -1.0, 1.0
-        )
+        action = np.clip(direction + np.random.normal(0.0, cfg.noise, direction.shape), -1.0, 1.0)
         next_ob, _, terminated, truncated, info = env.step(action)
         done = bool(terminated or truncated)
         if info["success"] and cfg.dataset_type == "navigate":

@@ -136,14 +136,8 @@ def rollout_config(
     require_generatable(parsed)
     recipe = official_recipe(parsed)
     episodes = recipe.episodes if options.episodes is None else options.episodes
-    val = (
-        max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
-    )
-    length = (
-        recipe.episode_length
-        if options.episode_length is None
-        else options.episode_length
-    )
+    val = max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
+    length = recipe.episode_length if options.episode_length is None else options.episode_length
     if episodes < 1 or val < 1 or length < 2 or options.workers < 1:
         raise ValueError(
             "need episodes >= 1, val_episodes >= 1, episode_length >= 2, workers >= "
@@ -157,17 +151,13 @@ def rollout_config(
         dataset_type=parsed.dataset_type,
         seed=options.seed,
         episode_length=length,
-        p_random_action=recipe.p_random_action
-        if options.p_random_action is None
-        else options.p_random_action,
+        p_random_action=recipe.p_random_action if options.p_random_action is None else options.p_random_action,
         noise=recipe.noise if options.noise is None else options.noise,
     )
     return parsed, cfg, episodes, val
 
 
-def _episodes(
-    cfg: RolloutConfig, total: int, workers: int
-) -> Iterator[dict[str, np.ndarray]]:
+def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
     """
     Episodes 0..total-1 in order, from `workers` processes (in-process when workers ==
     1).
@@ -178,9 +168,7 @@ def _episodes(
         return
     ctx = multiprocessing.get_context(_start_method())
     with ctx.Pool(min(workers, total)) as pool:
-        for i, (episode, arrays) in enumerate(
-            pool.imap(worker_episode, ((cfg, j) for j in range(total)))
-        ):
+        for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j) for j in range(total)))):
             assert episode == i
             yield arrays
 
@@ -191,11 +179,7 @@ def _start_method() -> str:
     re-import (`python - <script`), which is safe as the workers never touch JAX.
     """
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if (
-        main_file is not None
-        and not os.path.exists(main_file)
-        and sys.platform != "win32"
-    ):
+    if main_file is not None and not os.path.exists(main_file) and sys.platform != "win32":
         return "fork"
     return "spawn"
 
@@ -290,9 +274,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def generate_command(
-    name: str, episodes: int | None = None, workers: int | None = None
-) -> str:
+def generate_command(name: str, episodes: int | None = None, workers: int | None = None) -> str:
     """The shell command that generates dataset `name` (used in error messages)."""
     stem = parse_dataset_name(name).file_stem
     parts = ["python -m flowsoc.rl.datagen", stem]
@@ -328,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.skipped:
-        print(
-            f"{result.train_path} and {result.val_path.name} exist; nothing to do "
-            "(--overwrite to regenerate)."
-        )
+        print(f"{result.train_path} and {result.val_path.name} exist; nothing to do (--overwrite to regenerate).")
     else:
         steps = result.train_steps + result.val_steps
         print(
