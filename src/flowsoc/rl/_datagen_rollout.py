@@ -1,23 +1,21 @@
-"""One episode of OGBench data collection with OGBench's own environments and scripted
-oracles.
+"""One episode of OGBench data collection with OGBench's own environments and oracles.
 
 This module runs inside the generator's worker processes. Every episode is seeded from
 `(seed, episode index, attempt)` alone, never from the worker, so the data do not depend
 on how episodes are spread over processes. The protocol follows upstream OGBench's
-`data_gen_scripts/generate_manipspace.py` and `generate_locomaze.py` (written anew
-here):
+`data_gen_scripts/generate_manipspace.py` and `generate_locomaze.py` (written anew):
 
 - manipulation `play`: open-loop plan oracles (noise 0.1, smoothing 0.5); `noisy`:
-closed-loop markov oracles with per-episode Gaussian noise level xi ~ U(0, 0.1),
-per-coordinate scales (xi, xi, xi, 3 xi, 10 xi), and a probability `p_random_action` of
-a uniform random action;
-- when the oracle finishes its sub-task the env is given a new target (`set_new_target`)
-with a per-episode cube-stacking probability (double U(0, .25), triple U(.05, .35),
-quadruple U(.1, .5));
+  closed-loop markov oracles with a per-episode Gaussian noise level xi ~ U(0, 0.1),
+  per-coordinate scales (xi, xi, xi, 3 xi, 10 xi), and a probability `p_random_action`
+  of a uniform random action;
+- when the oracle finishes its sub-task, the env gets a new target (`set_new_target`)
+  with a per-episode cube-stacking probability (double U(0, .25), triple U(.05, .35),
+  quadruple U(.1, .5));
 - scene episodes failing the cube-visibility health check are discarded and redrawn;
-- pointmaze: the action is the unit direction to BFS subgoal plus N(0, 0.5^2) noise;
-`navigate` resamples the goal (a vertex cell) on success, `stitch` aims at a cell 4 BFS
-steps away.
+- pointmaze: the action is the unit direction to the BFS subgoal plus N(0, 0.5^2) noise;
+  `navigate` resamples the goal (a vertex cell) on success, `stitch` aims at a cell four
+  BFS steps away.
 """
 
 from __future__ import annotations
