@@ -10,6 +10,15 @@ import importlib.metadata
 from . import gaussian as gaussian
 from ._adjoint import lean_adjoint as lean_adjoint, LeanAdjointField as LeanAdjointField
 from ._brownian import GridBrownianPath as GridBrownianPath
+from ._finetune import (
+    CheckpointError as CheckpointError,
+    finetune as finetune,
+    FinetuneConfig as FinetuneConfig,
+    Finetuner as Finetuner,
+    FinetuneState as FinetuneState,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
 from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
 from ._losses import (
     adjoint_matching_loss as adjoint_matching_loss,

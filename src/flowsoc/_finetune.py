@@ -1,0 +1,403 @@
+r"""Generic reward fine-tuning of any flow model by adjoint matching, with a fixed λ or a KL
+trust region (projected dual descent on λ).
+
+Each step: sample the memoryless SDE of the fine-tuned field, solve the lean adjoint from
+$\tilde a(1) = -\nabla r(X_1)$ through the base, take an optax step on the adjoint-matching loss with
+$\sigma = g/\sqrt\lambda$, and (trust region) a dual step on λ from the path-KL estimate measured
+with the pre-update field. Many steps are fused per dispatch with `lax.scan`.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._adjoint import lean_adjoint
+from ._losses import adjoint_matching_loss
+from ._paths import uniform_grid, VelocityField
+from ._sde import sample_sde
+from ._trust_region import DualDescent, DualState
+
+
+Reward = Callable[[Array, Any], Array]
+"""`reward(x, args) -> scalar` for one sample `x` of shape `sample_shape`, differentiable in `x`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyperparameters of [`flowsoc.finetune`][]. Either `lam` (fixed λ: plain adjoint matching
+    towards $p_{\\rm base}e^{r/\\lambda}$) or `kl_budget` (trust region: λ adapted so that the path KL
+    to the base sits at the budget). Presets: [`FinetuneConfig.fixed`][], [`FinetuneConfig.trust_region`][].
+    """
+
+    num_steps: int = 2000
+    batch_size: int = 256
+    num_flow_steps: int = 20
+    shift: float | None = None  # None: the reference codes' choice, the grid step
+    learning_rate: float = 1e-3
+    grad_clip: float | None = 1.0  # global-norm clip; None switches it off
+    lam: float | None = 1.0  # fixed λ (used when kl_budget is None)
+    kl_budget: float | None = None  # trust region ε on the path KL
+    dual_step_size: float = 0.01
+    dual_ema: float = 0.1
+    dual_clip_coef: float = 2.0
+    lam_min: float = 0.01
+    lam_max: float = 100.0
+    lam_init: float = 1.0
+    lam_scale: float = 3.0  # the fixed multiplier inside σ of the official TRQAM code
+    dual_log_space: bool = False
+    steps_per_dispatch: int = 100
+    checkpoint_every: int = 1000  # steps; rounded up to whole dispatches
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_steps", "batch_size", "num_flow_steps", "steps_per_dispatch", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FinetuneConfig: {name} must be a positive integer, got {value!r}.")
+        if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ValueError(f"FinetuneConfig: learning_rate must be > 0, got {self.learning_rate}.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"FinetuneConfig: grad_clip must be > 0 or None, got {self.grad_clip}.")
+        if self.shift is not None and not (np.isfinite(self.shift) and self.shift > 0):
+            raise ValueError(
+                f"FinetuneConfig: shift must be > 0 or None (the samplers start at t=0), got {self.shift}."
+            )
+        if self.kl_budget is None:
+            if self.lam is None or not np.isfinite(self.lam) or self.lam <= 0:
+                raise ValueError(f"FinetuneConfig: give a fixed lam > 0 or a kl_budget > 0, got lam={self.lam}.")
+        else:
+            self.dual()  # validates the budget and the λ bounds
+
+    @classmethod
+    def fixed(cls, lam: float, **overrides) -> "FinetuneConfig":
+        """Plain adjoint matching at a fixed λ (QAM's inverse temperature is 1/λ)."""
+        return cls(lam=lam, kl_budget=None, **overrides)
+
+    @classmethod
+    def trust_region(cls, kl_budget: float, **overrides) -> "FinetuneConfig":
+        """TRQAM's trust region with the official code's dual defaults (η=0.01, ρ=0.1, c=2,
+        λ₀=1 with multiplier 3, λ ∈ [0.01, 100])."""
+        return cls(kl_budget=kl_budget, **overrides)
+
+    def dual(self) -> DualDescent | None:
+        """The [`flowsoc.DualDescent`][] of this configuration (None for a fixed λ)."""
+        if self.kl_budget is None:
+            return None
+        return DualDescent(
+            kl_budget=self.kl_budget,
+            step_size=self.dual_step_size,
+            ema=self.dual_ema,
+            clip_coef=self.dual_clip_coef,
+            lam_min=self.lam_min,
+            lam_max=self.lam_max,
+            lam_init=self.lam_init,
+            lam_scale=self.lam_scale,
+            log_space=self.dual_log_space,
+        )
+
+
+class FinetuneState(eqx.Module):
+    """Everything a run needs to continue exactly: the fine-tuned field, the optimiser state,
+    the dual state (λ and the KL average), the RNG key and the step."""
+
+    field: PyTree
+    opt_state: PyTree
+    dual: DualState
+    key: PRNGKeyArray
+    step: Int[Array, ""]
+
+
+class _PerSample(eqx.Module):
+    """Apply a one-sample field to a batch of states (the conditioning `args` is shared)."""
+
+    field: VelocityField
+
+    def __call__(self, t, x, args):
+        return jax.vmap(lambda xi: self.field(t, xi, args))(x)
+
+
+def _select(pred, new, old):
+    """`new` where `pred` holds, else `old` (array leaves; the static parts are `new`'s)."""
+    new_dynamic, static = eqx.partition(new, eqx.is_array)
+    old_dynamic = eqx.filter(old, eqx.is_array)
+    chosen = jax.tree.map(lambda a, b: jnp.where(pred, a, b), new_dynamic, old_dynamic)
+    return eqx.combine(chosen, static)
+
+
+def _optimizer(config: FinetuneConfig) -> optax.GradientTransformation:
+    adam = optax.adam(config.learning_rate)
+    return adam if config.grad_clip is None else optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+
+
+class Finetuner(eqx.Module):
+    r"""The pure pieces of reward fine-tuning: `init`, one `step`, and `run` (several steps fused
+    by `lax.scan`). [`flowsoc.finetune`][] drives them with progress, checkpoints and NaN checks.
+
+    The fields act on one sample of shape `sample_shape` (`field(t, x, args)`); the trainer vmaps
+    them over the batch. Only the inexact array leaves of the fine-tuned field are trained; the
+    base is never changed.
+    """
+
+    base: VelocityField
+    reward: Reward = eqx.field(static=True)
+    sample_shape: tuple[int, ...] = eqx.field(static=True)
+    config: FinetuneConfig = eqx.field(static=True)
+
+    def init(self, field: VelocityField | None = None, key: PRNGKeyArray | None = None) -> FinetuneState:
+        """The initial state; `field` defaults to the base itself (fine-tuning starts at the base)."""
+        field = self.base if field is None else field
+        key = jr.key(self.config.seed) if key is None else key
+        params = eqx.filter(field, eqx.is_inexact_array)
+        dual = self.config.dual()
+        dual_state = dual.init() if dual is not None else DualState(jnp.asarray(self.config.lam), jnp.zeros(()))
+        return FinetuneState(field, _optimizer(self.config).init(params), dual_state, key, jnp.zeros((), jnp.int32))
+
+    def lam(self, state: FinetuneState) -> Float[Array, ""]:
+        """The λ inside σ at this state."""
+        dual = self.config.dual()
+        return state.dual.lam if dual is None else dual.effective_lam(state.dual)
+
+    def step(self, state: FinetuneState, args: Any = None) -> tuple[FinetuneState, dict[str, Array]]:
+        """One fine-tuning step (pure, jittable). A non-finite loss leaves the state unchanged
+        but for the step counter, and reports `finite = False` in the metrics."""
+        cfg = self.config
+        key, key_x0, key_bm = jr.split(state.key, 3)
+        ts = uniform_grid(cfg.num_flow_steps)
+        x0 = jr.normal(key_x0, (cfg.batch_size,) + self.sample_shape)
+        field, base = _PerSample(state.field), _PerSample(self.base)
+        xs = sample_sde(field, x0, ts, key_bm, args=args, shift=cfg.shift, final_field=base)
+        rewards, reward_grads = jax.vmap(jax.value_and_grad(lambda x: self.reward(x, args)))(xs[-1])
+        finite = jnp.all(jnp.isfinite(xs)) & jnp.all(jnp.isfinite(reward_grads)) & jnp.all(jnp.isfinite(rewards))
+        # Non-finite samples would stop the adjoint with a run-time error; zero them instead,
+        # skip the update below, and let the driver report the step.
+        xs = jnp.where(finite, xs, 0.0)
+        reward_grads = jnp.where(finite, reward_grads, 0.0)
+        adj = lean_adjoint(base, xs, ts, -reward_grads, args=args, shift=cfg.shift)
+        lam = self.lam(state)
+
+        def loss_fn(params):
+            f = _PerSample(eqx.combine(params, eqx.filter(state.field, eqx.is_inexact_array, inverse=True)))
+            loss, kl = adjoint_matching_loss(f, base, xs, ts, adj, lam=lam, args=args, shift=cfg.shift, with_kl=True)
+            return loss / cfg.batch_size, kl / cfg.batch_size
+
+        params = eqx.filter(state.field, eqx.is_inexact_array)
+        (loss, kl), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params)
+        finite = finite & jnp.isfinite(loss) & jnp.isfinite(kl)
+        updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, params)
+        new_field = eqx.apply_updates(state.field, updates)
+        dual = cfg.dual()
+        new_dual = state.dual if dual is None else dual.update(state.dual, jnp.where(finite, kl, 0.0))
+        new_state = _select(
+            finite,
+            FinetuneState(new_field, opt_state, new_dual, key, state.step + 1),
+            FinetuneState(state.field, state.opt_state, state.dual, key, state.step + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "kl": kl,
+            "lam": lam,
+            "reward": jnp.mean(rewards),
+            "kl_avg": new_state.dual.kl_avg,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    def run(self, state: FinetuneState, num_steps: int, args: Any = None) -> tuple[FinetuneState, dict[str, Array]]:
+        """`num_steps` steps fused by `lax.scan`; metrics stacked along a leading axis."""
+        dynamic, static = eqx.partition(state, eqx.is_array)
+
+        def body(carry, _):
+            new_state, metrics = self.step(eqx.combine(carry, static), args)
+            return eqx.filter(new_state, eqx.is_array), metrics
+
+        dynamic, metrics = jax.lax.scan(body, dynamic, None, length=num_steps)
+        return eqx.combine(dynamic, static), metrics
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: the whole state, the metrics so far and the configuration, written atomically.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, or from another configuration."""
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _raw_key(state: FinetuneState) -> FinetuneState:
+    """Typed PRNG keys do not serialise; store their raw data."""
+    return eqx.tree_at(lambda s: s.key, state, jr.key_data(state.key))
+
+
+def save_checkpoint(directory: str | os.PathLike, state: FinetuneState, history: dict, config: FinetuneConfig) -> None:
+    """Write `state.eqx`, `history.npz` and `meta.json` into `directory`, each atomically
+    (`meta.json` last: it names the step the other two files hold)."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    step = int(state.step)
+
+    def write_state(tmp):
+        with open(tmp, "wb") as f:
+            eqx.tree_serialise_leaves(f, _raw_key(eqx.filter(state, eqx.is_array)))
+
+    def write_history(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in history.items()})
+
+    def write_meta(tmp):
+        pathlib.Path(tmp).write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
+
+    _atomic_write(directory / "state.eqx", write_state)
+    _atomic_write(directory / "history.npz", write_history)
+    _atomic_write(directory / "meta.json", write_meta)
+
+
+def load_checkpoint(
+    directory: str | os.PathLike, like: FinetuneState, config: FinetuneConfig
+) -> tuple[FinetuneState, dict]:
+    """Restore a state (shaped like `like`) and its metrics history from `directory`."""
+    directory = pathlib.Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise CheckpointError(f"No checkpoint in {directory} (missing meta.json). Start without resume.")
+    try:
+        meta = json.loads(meta_path.read_text())
+        step = int(meta["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"Checkpoint {meta_path} is corrupt ({err}); delete the directory or restore a backup.")
+    saved = meta.get("config", {})
+    mine = dataclasses.asdict(config)
+    ignore = {"num_steps", "checkpoint_every", "steps_per_dispatch"}
+    differing = sorted(k for k in mine if k not in ignore and saved.get(k, mine[k]) != mine[k])
+    if differing:
+        raise CheckpointError(
+            f"Checkpoint in {directory} was written with a different configuration ({', '.join(differing)}); "
+            "resume with the same settings or start a new run directory."
+        )
+    try:
+        with open(directory / "state.eqx", "rb") as f:
+            dynamic = eqx.tree_deserialise_leaves(f, _raw_key(eqx.filter(like, eqx.is_array)))
+        dynamic = eqx.tree_at(lambda s: s.key, dynamic, jr.wrap_key_data(dynamic.key, impl=jr.key_impl(like.key)))
+        with np.load(directory / "history.npz") as data:
+            history = {k: data[k] for k in data.files}
+    except Exception as err:  # truncated files, wrong shapes, bad pickles...
+        raise CheckpointError(
+            f"Checkpoint in {directory} cannot be read ({type(err).__name__}: {err}); it is corrupt or from "
+            "another model. Delete it or start a new run directory."
+        ) from err
+    state = eqx.combine(dynamic, eqx.filter(like, eqx.is_array, inverse=True))
+    if int(state.step) != step:
+        raise CheckpointError(
+            f"Checkpoint in {directory} is inconsistent: meta.json says step {step}, state.eqx {int(state.step)}."
+        )
+    return state, {k: v[:step] for k, v in history.items()}
+
+
+def finetune(
+    base: VelocityField,
+    reward: Reward,
+    sample_shape: tuple[int, ...],
+    config: FinetuneConfig,
+    *,
+    field: VelocityField | None = None,
+    args: Any = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[VelocityField, dict[str, np.ndarray], FinetuneState]:
+    r"""Fine-tune a copy of `base` towards `reward` by adjoint matching, at a fixed λ
+    (target $p_{\rm base}\,e^{r/\lambda}$) or under a path-KL budget (trust region).
+
+    **Arguments:**
+
+    - `base`: the pre-trained velocity field `base(t, x, args)` on one sample (any `eqx.Module`).
+    - `reward`: `reward(x, args) -> scalar`, differentiable, on one sample.
+    - `sample_shape`: the shape of one sample, e.g. `(2,)`.
+    - `config`: a [`flowsoc.FinetuneConfig`][].
+    - `field`: the initial fine-tuned field (default: `base`).
+    - `args`: conditioning passed to both fields and the reward (shared by the batch).
+    - `checkpoint_dir`: where to write checkpoints every `config.checkpoint_every` steps and at the end.
+    - `resume`: continue from the checkpoint in `checkpoint_dir`, exactly where it stopped.
+    - `progress`: show a progress bar with the live loss, KL, λ and reward.
+
+    **Returns:**
+
+    `(field, history, state)`: the fine-tuned field, the per-step metrics (`loss`, `kl`, `lam`,
+    `reward`, `kl_avg`) as numpy arrays, and the final [`flowsoc.FinetuneState`][].
+
+    **Raises:**
+
+    `FloatingPointError` when a step's loss, samples or reward are not finite (naming the step and
+    the last good checkpoint); [`flowsoc.CheckpointError`][] for an unusable checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"finetune: config must be a FinetuneConfig, got {type(config).__name__}.")
+    sample_shape = tuple(int(s) for s in sample_shape)
+    trainer = Finetuner(base, reward, sample_shape, config)
+    state = trainer.init(field)
+    history: dict[str, list | np.ndarray] = {}
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("finetune: resume=True needs a checkpoint_dir.")
+        state, history = load_checkpoint(checkpoint_dir, state, config)
+    history = {k: [np.asarray(v)] for k, v in history.items()}
+    run = eqx.filter_jit(trainer.run, donate="none")
+    start = int(state.step)
+    last_checkpoint = str(checkpoint_dir) if (resume and checkpoint_dir is not None) else None
+    since_checkpoint = 0
+    bar = tqdm(total=config.num_steps, initial=start, disable=not progress, desc="finetune", unit="step")
+    while int(state.step) < config.num_steps:
+        step0 = int(state.step)
+        n = min(config.steps_per_dispatch, config.num_steps - step0)
+        state, metrics = run(state, n, args)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        if not metrics["finite"].all():
+            bad = step0 + int(np.argmin(metrics["finite"]))
+            raise FloatingPointError(
+                f"finetune: non-finite loss, samples or reward at step {bad}; the run stopped there. Last good "
+                f"checkpoint: {last_checkpoint or 'none written'}. Lower the learning rate, check the reward, "
+                "or resume from the checkpoint."
+            )
+        for k, v in metrics.items():
+            if k != "finite":
+                history.setdefault(k, []).append(v)
+        bar.update(n)
+        bar.set_postfix(
+            loss=f"{metrics['loss'][-1]:.3g}",
+            kl=f"{metrics['kl'][-1]:.3g}",
+            lam=f"{metrics['lam'][-1]:.3g}",
+            reward=f"{metrics['reward'][-1]:.3g}",
+        )
+        since_checkpoint += n
+        done = int(state.step) >= config.num_steps
+        if checkpoint_dir is not None and (since_checkpoint >= config.checkpoint_every or done):
+            merged = {k: np.concatenate(v) for k, v in history.items()}
+            save_checkpoint(checkpoint_dir, state, merged, config)
+            last_checkpoint = str(checkpoint_dir)
+            since_checkpoint = 0
+    bar.close()
+    merged = {k: np.concatenate(v) for k, v in history.items()}
+    return state.field, merged, state

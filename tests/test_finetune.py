@@ -1,0 +1,115 @@
+"""The generic fine-tuning trainer on the Gaussian base: fixed λ reaches the tilted target, the
+trust region finds the dual λ* and spends exactly the budget, resume is exact, bad input fails."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flowsoc as fs
+from flowsoc import gaussian as G
+from tests.helpers import B, COV, MU
+
+
+BASE = G.GaussianVelocity(MU, COV)
+LINEAR = lambda x, args: x @ B
+QUAD_A, QUAD_C = jnp.eye(2), jnp.array([2.0, -1.0])
+QUADRATIC = lambda x, args: -0.5 * (x - QUAD_C) @ QUAD_A @ (x - QUAD_C)
+FAST = dict(num_flow_steps=50, learning_rate=1e-2, batch_size=128, steps_per_dispatch=250)
+
+
+def test_fixed_lambda_reaches_tilted_target():
+    lam = 1.0
+    config = fs.FinetuneConfig.fixed(lam, num_steps=1250, **FAST)
+    field, history, state = fs.finetune(BASE, LINEAR, (2,), config, progress=False)
+    target_mean, target_cov = G.tilt_linear(MU, COV, B, lam)
+    # The field is a Gaussian velocity, so its ODE carries N(0, I) exactly to N(field.mean, field.cov).
+    shift = jnp.linalg.norm(target_mean - MU)
+    assert jnp.linalg.norm(field.mean - target_mean) < 0.05 * shift
+    assert jnp.max(jnp.abs(field.cov - target_cov)) < 0.03
+    for t in (0.1, 0.5, 0.9):
+        x = jnp.array([[0.0, 0.0], [1.0, -1.0], [2.0, 0.5]])
+        optimum = G.optimal_velocity_linear(MU, COV, B, lam, t, x)
+        assert jnp.max(jnp.abs(field(t, x) - optimum)) < 0.05 * shift
+    assert np.allclose(history["lam"], lam)
+    assert history["loss"].shape == (1250,) and int(state.step) == 1250
+    assert abs(history["kl"][-250:].mean() - G.kl_linear(COV, B, lam)) < 0.1 * G.kl_linear(COV, B, lam)
+    assert history["reward"][-250:].mean() > history["reward"][:10].mean() + 0.5
+
+
+@pytest.mark.parametrize("log_space", [False, True])
+def test_trust_region_linear_reward(log_space):
+    budget = 0.5
+    config = fs.FinetuneConfig.trust_region(
+        budget,
+        num_steps=1250,
+        lam_scale=1.0,
+        dual_step_size=0.02 if log_space else 0.05,
+        dual_log_space=log_space,
+        **FAST,
+    )
+    field, history, _ = fs.finetune(BASE, LINEAR, (2,), config, progress=False)
+    lam_star = G.dual_lambda_linear(COV, B, budget)
+    assert abs(history["lam"][-250:].mean() - lam_star) < 0.1 * lam_star
+    assert abs(G.kl(field.mean, field.cov, MU, COV) - budget) < 0.1 * budget  # realised terminal KL
+
+
+def test_trust_region_quadratic_reward():
+    budget = 0.3
+    config = fs.FinetuneConfig.trust_region(budget, num_steps=1250, lam_scale=1.0, dual_step_size=0.05, **FAST)
+    field, history, _ = fs.finetune(BASE, QUADRATIC, (2,), config, progress=False)
+    lam_star = G.lambda_for_budget(lambda lam: G.kl_quadratic(MU, COV, QUAD_A, QUAD_C, lam), budget)
+    assert abs(history["lam"][-250:].mean() - lam_star) < 0.1 * lam_star
+    assert abs(G.kl(field.mean, field.cov, MU, COV) - budget) < 0.1 * budget
+    target_mean, target_cov = G.tilt_quadratic(MU, COV, QUAD_A, QUAD_C, lam_star)
+    assert jnp.max(jnp.abs(field.mean - target_mean)) < 0.1 and jnp.max(jnp.abs(field.cov - target_cov)) < 0.05
+
+
+def test_resume_is_exact(tmp_path):
+    """N steps in one run == k steps, checkpoint, restore, N - k steps (bitwise on CPU)."""
+    small = dict(num_flow_steps=10, learning_rate=1e-2, batch_size=32, steps_per_dispatch=20)
+    full_config = fs.FinetuneConfig.trust_region(0.5, num_steps=80, **small)
+    field_a, history_a, state_a = fs.finetune(BASE, LINEAR, (2,), full_config, progress=False)
+    first = fs.FinetuneConfig.trust_region(0.5, num_steps=40, **small)
+    fs.finetune(BASE, LINEAR, (2,), first, checkpoint_dir=tmp_path, progress=False)
+    field_b, history_b, state_b = fs.finetune(
+        BASE, LINEAR, (2,), full_config, checkpoint_dir=tmp_path, resume=True, progress=False
+    )
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    for k in history_a:
+        assert np.array_equal(history_a[k], history_b[k])
+    assert int(state_b.step) == 80
+
+
+def test_corrupt_or_mismatched_checkpoint(tmp_path):
+    config = fs.FinetuneConfig.fixed(1.0, num_steps=20, num_flow_steps=5, batch_size=8, steps_per_dispatch=10)
+    fs.finetune(BASE, LINEAR, (2,), config, checkpoint_dir=tmp_path, progress=False)
+    other = fs.FinetuneConfig.fixed(2.0, num_steps=40, num_flow_steps=5, batch_size=8, steps_per_dispatch=10)
+    with pytest.raises(fs.CheckpointError, match="different configuration.*lam"):
+        fs.finetune(BASE, LINEAR, (2,), other, checkpoint_dir=tmp_path, resume=True, progress=False)
+    data = (tmp_path / "state.eqx").read_bytes()
+    (tmp_path / "state.eqx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(fs.CheckpointError, match="cannot be read"):
+        fs.finetune(BASE, LINEAR, (2,), config, checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(fs.CheckpointError, match="No checkpoint"):
+        fs.finetune(BASE, LINEAR, (2,), config, checkpoint_dir=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="kl_budget must be > 0"):
+        fs.FinetuneConfig.trust_region(0.0)
+    with pytest.raises(ValueError, match="kl_budget must be > 0"):
+        fs.FinetuneConfig.trust_region(-1.0)
+    with pytest.raises(ValueError, match="lam_min < lam_max"):
+        fs.FinetuneConfig.trust_region(0.5, lam_min=10.0, lam_max=1.0)
+    with pytest.raises(ValueError, match="lam > 0"):
+        fs.FinetuneConfig.fixed(0.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        fs.FinetuneConfig.fixed(1.0, batch_size=0)
+    config = fs.FinetuneConfig.fixed(1.0, num_steps=20, num_flow_steps=5, batch_size=8, steps_per_dispatch=10)
+    nan_reward = lambda x, args: jnp.where(x[0] > 100.0, 0.0, jnp.nan) * x[0]
+    with pytest.raises(FloatingPointError, match="non-finite loss, samples or reward at step 0"):
+        fs.finetune(BASE, nan_reward, (2,), config, progress=False)
