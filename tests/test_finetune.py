@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests.helpers import B, COV, MU
 
 import flowsoc as fs
 from flowsoc import gaussian as G
-from tests.helpers import B, COV, MU
 
 
 BASE = G.GaussianVelocity(MU, COV)

@@ -185,6 +185,7 @@ def parse_dataset_name(name: str) -> DatasetName:
 
     grammar = _GRAMMAR.get(body[0]) if body else None
     ok = False
+    variant = ""
     if grammar is not None:
         variants, types = grammar
         if variants is None:

@@ -60,7 +60,7 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
 
     if cfg.domain == "pointmaze":
         env = gymnasium.make(cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length)
-        maze = np.asarray(env.unwrapped.maze_map)
+        maze = np.asarray(getattr(env.unwrapped, "maze_map"))
         free = [(i, j) for i in range(maze.shape[0]) for j in range(maze.shape[1]) if maze[i, j] == 0]
 
         def corridor(i: int, j: int) -> bool:
@@ -87,7 +87,7 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
         max_episode_steps=cfg.episode_length,
     )
     markov = cfg.dataset_type == "noisy"
-    plan_kw = dict(noise=cfg.noise, noise_smoothing=cfg.noise_smoothing)
+    plan_kw: dict[str, Any] = dict(noise=cfg.noise, noise_smoothing=cfg.noise_smoothing)
     if cfg.domain == "cube":
         oracles = {
             "cube": CubeMarkovOracle(env=env, min_norm=cfg.min_norm) if markov else CubePlanOracle(env=env, **plan_kw)

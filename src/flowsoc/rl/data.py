@@ -25,7 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -306,7 +306,7 @@ def load_ogbench(
     for p in (train_path, val_path):
         validate_dataset_file(p, name)
     try:
-        env, train, val = ogbench.make_env_and_datasets(
+        env, train, val = cast(Any, ogbench.make_env_and_datasets)(
             name,
             dataset_path=str(train_path),
             compact_dataset=compact_dataset,
@@ -551,7 +551,7 @@ def save_replay_buffer(path: str | os.PathLike, buffer: ReplayBuffer) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = int(buffer.size)
-    arrays = {f: np.asarray(getattr(buffer.data, f)[:n]) for f in _FIELDS}
+    arrays: dict[str, Any] = {f: np.asarray(getattr(buffer.data, f)[:n]) for f in _FIELDS}
     arrays.update(
         capacity=np.asarray(buffer.capacity, np.int64),
         size=np.asarray(n, np.int64),

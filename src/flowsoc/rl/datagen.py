@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import tyro
@@ -188,7 +188,7 @@ def _concat(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
 
 
-def atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def atomic_savez(path: Path, arrays: Mapping[str, Any]) -> None:
     """
     `np.savez_compressed` to a temporary file in the same directory, then `os.replace`.
     """
