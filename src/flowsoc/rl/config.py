@@ -1,0 +1,86 @@
+"""Typed, frozen configuration of the flow actor-critic agents (QAM, TRQAM, BAM)."""
+
+import dataclasses
+
+import numpy as np
+
+from .._trust_region import DualDescent
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Hyperparameters shared by [`flowsoc.rl.QAM`][], [`flowsoc.rl.TRQAM`][] and [`flowsoc.rl.BAM`][].
+    Defaults are the official TRQAM/QAM codes' (spec.md §6); `small()` is a CPU-sized preset.
+    """
+
+    horizon: int = 5  # action chunk length H (5 manipulation, 1 navigation)
+    discount: float = 0.99
+    actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    actor_layer_norm: bool = False
+    critic_layer_norm: bool = True
+    num_critics: int = 10
+    pessimism: float = 0.5  # ρ in the target mean - ρ std
+    flow_steps: int = 10
+    learning_rate: float = 3e-4
+    grad_clip: float | None = 1.0  # global norm over all parameters; None: off
+    target_ema: float = 0.005  # critic target and base flow (EMA of the behaviour flow)
+    inv_temp: float = 1.0  # QAM and BAM: τ, fixed λ = 1/τ
+    kl_budget: float = 1.0  # TRQAM: ε per action step of the chunk
+    dual_step_size: float = 0.01
+    dual_ema: float = 0.1
+    dual_clip_coef: float = 2.0
+    lam_min: float = 0.01
+    lam_max: float = 100.0
+    lam_init: float = 1.0
+    lam_scale: float = 3.0  # TRQAM's fixed multiplier inside σ
+    dual_update: bool = True  # TRQAM: switch the dual step off to keep λ fixed
+    clip_adjoint_action: bool = True  # boundary gradient at clip(a, -1, 1), as the reference
+    bam_running_cost_scale: float | None = None  # BAM: None is QAM's 1/h (running cost summed without h)
+
+    def __post_init__(self):
+        ints = ("horizon", "num_critics", "flow_steps")
+        for name in ints:
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"AgentConfig: {name} must be a positive integer, got {value!r}.")
+        if self.flow_steps < 2:
+            raise ValueError("AgentConfig: flow_steps must be >= 2 (the last step is a noiseless base step).")
+        if not 0 <= self.discount <= 1:
+            raise ValueError(f"AgentConfig: discount must lie in [0, 1], got {self.discount}.")
+        if not 0 < self.target_ema <= 1:
+            raise ValueError(f"AgentConfig: target_ema must lie in (0, 1], got {self.target_ema}.")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"AgentConfig: learning_rate must be > 0, got {self.learning_rate}.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"AgentConfig: grad_clip must be > 0 or None, got {self.grad_clip}.")
+        if not (np.isfinite(self.inv_temp) and self.inv_temp > 0):
+            raise ValueError(f"AgentConfig: inv_temp must be > 0, got {self.inv_temp}.")
+        if self.pessimism < 0:
+            raise ValueError(f"AgentConfig: pessimism must be >= 0, got {self.pessimism}.")
+        if any(int(h) < 1 for h in self.actor_hidden + self.critic_hidden):
+            raise ValueError("AgentConfig: hidden sizes must be positive.")
+        self.dual()  # validates the trust-region settings
+
+    def dual(self) -> DualDescent:
+        """TRQAM's [`flowsoc.DualDescent`][] for these settings."""
+        return DualDescent(
+            kl_budget=self.kl_budget,
+            step_size=self.dual_step_size,
+            ema=self.dual_ema,
+            clip_coef=self.dual_clip_coef,
+            lam_min=self.lam_min,
+            lam_max=self.lam_max,
+            lam_init=self.lam_init,
+            lam_scale=self.lam_scale,
+        )
+
+    @classmethod
+    def small(cls, **overrides) -> "AgentConfig":
+        """A CPU-sized preset: 2x256 flows, 2x256 critics (10 members), everything else official."""
+        settings = dict(actor_hidden=(256, 256), critic_hidden=(256, 256))
+        settings.update(overrides)
+        return cls(**settings)
+
+    def replace(self, **changes) -> "AgentConfig":
+        return dataclasses.replace(self, **changes)
