@@ -89,7 +89,9 @@ class AbstractFlowAgent(eqx.Module):
             layer_norm=config.critic_layer_norm,
             key=k_critic,
         )
-        behaviour = VelocityField(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_behaviour)
+        behaviour = VelocityField(
+            obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_behaviour
+        )
         policy = VelocityField(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_policy)
         nets = Trainables(critic, behaviour, policy)
         opt_state = _optimizer(config).init(eqx.filter(nets, eqx.is_inexact_array))
@@ -213,7 +215,7 @@ class AbstractFlowAgent(eqx.Module):
         target_critic = ema_update(self.target_critic, self.nets.critic, rate)
         base = ema_update(self.base, self.nets.behaviour, rate)
         dual = self.dual_step(metrics["kl"])
-        metrics = {**metrics, "lam": self.lam(), "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "lam": self.lam(), "grad_norm": optax.tree.norm(grads)}
         new = eqx.tree_at(
             lambda a: (a.nets, a.target_critic, a.base, a.opt_state, a.dual, a.key, a.step),
             self,

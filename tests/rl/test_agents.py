@@ -1,0 +1,147 @@
+"""The QAM/TRQAM/BAM update on tiny sizes: shapes, finiteness, EMA targets, the chunked TD target
+and the adjoint boundary against hand-written computations, and TRQAM(λ fixed) == QAM(τ=1/(3λ))."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from flowsoc.rl import AgentConfig, BAM, QAM, TRQAM
+from flowsoc.rl.data import ChunkBatch
+
+
+B, OBS, ACT, H = 8, 5, 2, 3
+CONFIG = AgentConfig.small(horizon=H, actor_hidden=(16, 16), critic_hidden=(16, 16), num_critics=4, flow_steps=4)
+
+
+def make_batch(key):
+    k = jr.split(key, 6)
+    valid = jnp.ones((B, H)).at[0, 2].set(0.0)  # one chunk crosses an episode end
+    return ChunkBatch(
+        observations=jr.normal(k[0], (B, OBS)),
+        actions=jnp.clip(jr.normal(k[1], (B, H, ACT)), -1, 1),
+        rewards=jnp.cumsum(jr.normal(k[2], (B, H)), axis=1),
+        masks=jnp.ones((B, H)).at[1].set(0.0),
+        terminals=jnp.zeros((B, H)),
+        valid=valid,
+        next_observations=jr.normal(k[3], (B, H, OBS)),
+    )
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch(jr.key(1))
+
+
+update = eqx.filter_jit(lambda agent, batch: agent.update(batch))
+
+
+@pytest.mark.parametrize("cls", [TRQAM, QAM, BAM])
+def test_update_shapes_finiteness_and_ema_targets(cls, batch):
+    agent = cls.create(jr.key(0), OBS, ACT, CONFIG)
+    new, metrics = update(agent, batch)
+    for name, value in metrics.items():
+        assert value.shape == () and jnp.isfinite(value), name
+    assert int(new.step) == 1
+    # EMA targets from the pre-update online parameters.
+    rate = CONFIG.target_ema
+    expect = lambda old_target, online: jax.tree.map(lambda a, b: (1 - rate) * a + rate * b, old_target, online)
+    for got, want in (
+        (new.target_critic, expect(agent.target_critic, agent.nets.critic)),
+        (new.base, expect(agent.base, agent.nets.behaviour)),
+    ):
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter(got, eqx.is_array)), jax.tree.leaves(eqx.filter(want, eqx.is_array))
+        ):
+            assert jnp.allclose(a, b, rtol=1e-12, atol=1e-15)
+    # Every trained network moved; the targets moved less.
+    for name in ("critic", "behaviour", "policy"):
+        before = jax.tree.leaves(eqx.filter(getattr(agent.nets, name), eqx.is_array))
+        after = jax.tree.leaves(eqx.filter(getattr(new.nets, name), eqx.is_array))
+        assert any(not jnp.array_equal(a, b) for a, b in zip(before, after)), name
+    actions = new.sample_actions(batch.observations, jr.key(3))
+    assert actions.shape == (B, H, ACT) and jnp.all(jnp.abs(actions) <= 1)
+    assert new.sample_actions(batch.observations[0], jr.key(3)).shape == (H, ACT)
+
+
+def test_chunked_td_target_by_hand(batch):
+    agent = TRQAM.create(jr.key(0), OBS, ACT, CONFIG)
+    key = jr.key(7)
+    target = agent.critic_target(batch, key)
+    # Next action: Euler ODE of the policy from the same noise, clipped; then each member by hand.
+    next_obs = batch.next_observations[:, -1]
+    x = jr.normal(key, (B, H * ACT))
+    ts = np.linspace(0.0, 1.0, CONFIG.flow_steps + 1)
+    for i in range(CONFIG.flow_steps):
+        x = x + (ts[i + 1] - ts[i]) * agent.nets.policy(ts[i], x, next_obs)
+    x = jnp.clip(x, -1, 1)
+    q = jnp.stack(
+        [jax.vmap(lambda o, a: m(jnp.concatenate([o, a]))[0])(next_obs, x) for m in agent.target_critic.members], 1
+    )
+    value = q.mean(1) - CONFIG.pessimism * q.std(1)
+    expected = batch.rewards[:, -1] + CONFIG.discount**H * batch.masks[:, -1] * value
+    assert jnp.allclose(target, expected, rtol=1e-10)
+    # The loss masks chunks that cross an episode end.
+    critic_q = jax.vmap(agent.nets.critic)(batch.observations, batch.actions.reshape(B, -1))
+    loss, _ = agent.critic_loss(agent.nets.critic, batch, key)
+    assert jnp.allclose(loss, jnp.mean(batch.valid[:, -1][:, None] * (critic_q - expected[:, None]) ** 2), rtol=1e-10)
+
+
+def test_adjoint_boundary_is_target_ensemble_mean_gradient_at_clipped_action(batch):
+    agent = QAM.create(jr.key(0), OBS, ACT, CONFIG)
+    x1 = 1.5 * jr.normal(jr.key(4), (B, H * ACT))  # some coordinates outside [-1, 1]
+    terminal = agent.adjoint_terminal(x1, batch.observations)
+    members = agent.target_critic.members
+    for b in range(B):
+        grads = [
+            jax.grad(lambda a: m(jnp.concatenate([batch.observations[b], a]))[0])(jnp.clip(x1[b], -1, 1))
+            for m in members
+        ]
+        expected = -jnp.mean(jnp.stack(grads), 0) * (jnp.abs(x1[b]) <= 1)  # clip: no gradient outside the box
+        assert jnp.allclose(terminal[b], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_trqam_with_fixed_lambda_equals_qam(batch):
+    """TRQAM with its dual step off and λ fixed is QAM with τ = 1/(3λ): same losses, same gradients."""
+    lam = 0.7
+    trqam = TRQAM.create(jr.key(0), OBS, ACT, CONFIG.replace(dual_update=False, lam_init=lam))
+    qam = QAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=1 / (3 * lam)))
+    key = jr.key(9)
+
+    def value_and_grad(agent):
+        params, static = eqx.partition(agent.nets, eqx.is_inexact_array)
+        return jax.value_and_grad(lambda p: agent.losses(eqx.combine(p, static), batch, key), has_aux=True)(params)
+
+    (loss_t, metrics_t), grads_t = value_and_grad(trqam)
+    (loss_q, metrics_q), grads_q = value_and_grad(qam)
+    assert jnp.allclose(trqam.lam(), qam.lam(), rtol=1e-12)
+    assert jnp.allclose(loss_t, loss_q, rtol=1e-12)
+    for name in metrics_t:
+        assert jnp.allclose(metrics_t[name], metrics_q[name], rtol=1e-12), name
+    for a, b in zip(jax.tree.leaves(grads_t), jax.tree.leaves(grads_q)):
+        assert jnp.allclose(a, b, rtol=1e-12, atol=1e-15)
+    new, _ = update(trqam, batch)
+    assert new.dual.lam == trqam.dual.lam  # the dual step is off
+
+
+def test_trqam_dual_step_uses_kl_per_action_step(batch):
+    agent = TRQAM.create(jr.key(0), OBS, ACT, CONFIG)
+    new, metrics = update(agent, batch)
+    expected = CONFIG.dual().update(agent.dual, metrics["kl"])
+    assert jnp.allclose(new.dual.lam, expected.lam) and jnp.allclose(new.dual.kl_avg, expected.kl_avg)
+    assert jnp.allclose(metrics["lam"], 3 * agent.dual.lam)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="kl_budget must be > 0"):
+        AgentConfig(kl_budget=0.0)
+    with pytest.raises(ValueError, match="inv_temp must be > 0"):
+        AgentConfig(inv_temp=-1.0)
+    with pytest.raises(ValueError, match="flow_steps must be >= 2"):
+        AgentConfig(flow_steps=1)
+    with pytest.raises(ValueError, match="horizon must be a positive integer"):
+        AgentConfig(horizon=0)
+    with pytest.raises(TypeError, match="AgentConfig"):  # ours, or the suite's type-check hook first
+        TRQAM.create(jr.key(0), OBS, ACT, {"horizon": 5})
