@@ -145,3 +145,82 @@ def test_config_validation():
         AgentConfig(horizon=0)
     with pytest.raises(TypeError, match="AgentConfig"):  # ours, or the suite's type-check hook first
         TRQAM.create(jr.key(0), OBS, ACT, {"horizon": 5})
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning on a contextual bandit (γ = 0): two contexts, bimodal behaviour data, a known best
+# action per context. The behaviour flow picks the wrong mode half of the time.
+
+N_DATA = 4096
+
+
+def bandit_reward(obs, action):
+    best = jnp.where(obs[..., 0] > 0.5, 0.6, -0.6)
+    return 1.0 - 4.0 * (action[..., 0] - best) ** 2
+
+
+def bandit_train(cls, config, steps, key):
+    k_ctx, k_mode, k_noise = jr.split(jr.key(0), 3)
+    ctx = jr.bernoulli(k_ctx, 0.5, (N_DATA,)).astype(jnp.float32)
+    obs = jnp.stack([ctx, 1 - ctx], -1)
+    modes = jnp.where(jr.bernoulli(k_mode, 0.5, (N_DATA,)), 0.6, -0.6)
+    actions = jnp.clip(modes + 0.1 * jr.normal(k_noise, (N_DATA,)), -1, 1)[:, None]
+    rewards = bandit_reward(obs, actions)
+    agent = cls.create(key, 2, 1, config)
+    n = 128
+
+    def body(agent, k):
+        idx = jr.randint(k, (n,), 0, N_DATA)
+        o = obs[idx]
+        batch = ChunkBatch(
+            observations=o,
+            actions=actions[idx][:, None],
+            rewards=rewards[idx][:, None],
+            masks=jnp.ones((n, 1)),
+            terminals=jnp.zeros((n, 1)),
+            valid=jnp.ones((n, 1)),
+            next_observations=o[:, None],
+        )
+        agent, metrics = agent.update(batch)
+        return agent, metrics["kl"]
+
+    run = eqx.filter_jit(lambda agent, key: jax.lax.scan(body, agent, jr.split(key, 500)))
+    kls = []
+    for i in range(steps // 500):
+        agent, kl = run(agent, jr.fold_in(key, i))
+        kls.append(kl)
+    return agent, jnp.concatenate(kls)
+
+
+def bandit_score(agent, flow):
+    obs = jnp.repeat(jnp.eye(2), 500, axis=0)
+    return float(jnp.mean(bandit_reward(obs, agent.flow_actions(flow, obs, jr.key(5)))))
+
+
+def test_agents_learn_a_contextual_bandit():
+    config = AgentConfig.small(
+        horizon=1,
+        discount=0.0,
+        actor_hidden=(64, 64),
+        critic_hidden=(64, 64),
+        num_critics=2,
+        learning_rate=1e-3,
+        dual_step_size=0.05,
+    )
+    runs = {
+        "qam": (QAM, config.replace(inv_temp=3.0)),
+        "trqam_0.1": (TRQAM, config.replace(kl_budget=0.1)),
+        "trqam_1": (TRQAM, config.replace(kl_budget=1.0)),
+    }
+    scores, kls, behaviour = {}, {}, {}
+    for name, (cls, cfg) in runs.items():
+        agent, kl = bandit_train(cls, cfg, 2000, jr.key(1))
+        scores[name], kls[name] = bandit_score(agent, agent.nets.policy), float(kl[-200:].mean())
+        behaviour[name] = bandit_score(agent, agent.base)
+    # The behaviour flow is bimodal: half of its actions are the wrong mode (reward ≈ -1.9).
+    assert all(score < -1.5 for score in behaviour.values()), behaviour
+    assert scores["qam"] > 0.5 and scores["trqam_1"] > 0.3, scores
+    assert scores["trqam_0.1"] > max(behaviour.values()) + 0.5, scores
+    # TRQAM's realised KL sits at its budget, and a larger budget buys a higher reward.
+    assert abs(kls["trqam_0.1"] - 0.1) < 0.02 and abs(kls["trqam_1"] - 1.0) < 0.15, kls
+    assert scores["trqam_1"] > scores["trqam_0.1"] + 0.5, scores
