@@ -1,0 +1,128 @@
+"""TRQAM update steps per second, at the paper size and the `small` size.
+
+Paper size (spec.md §6, performance.md): batch 256, observation 40, action 5 in chunks of 5 (a
+25-dim flow), 4x512 GELU flows, a 10-member 4x512 LayerNorm critic, 10 flow steps. Batches are
+sampled on the device from a synthetic offline table inside the fused `lax.scan`, as in training.
+Reports steps/s (steady, several steps per dispatch), the first call (trace + compile), the FLOPs
+XLA counts per update, and peak host memory; writes benchmarks/results/update_step.json.
+
+    python benchmarks/update_step.py            # both sizes
+    python benchmarks/update_step.py --quick    # fewer steps
+
+Reference point (performance.md, same machine kind): the official TRQAM code at the paper size
+takes 0.75-0.84 s per update (about 1.2 steps/s) and 61.5 GFLOP per update, and compiles twice
+(31-36 s before steady speed).
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import resource
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from flowsoc.rl import AgentConfig, TRQAM
+from flowsoc.rl.data import sample_chunks, Transitions
+
+
+OBS, ACT, ROWS = 40, 5, 100_000
+
+
+def synthetic_table(key):
+    k = jr.split(key, 4)
+    terminals = (jnp.arange(ROWS) % 1000 == 999).astype(jnp.float32)
+    return Transitions(
+        observations=jr.normal(k[0], (ROWS, OBS)),
+        actions=jnp.clip(jr.normal(k[1], (ROWS, ACT)), -1, 1),
+        rewards=-jr.uniform(k[2], (ROWS,)),
+        masks=jnp.ones((ROWS,)),
+        terminals=terminals,
+        next_observations=jr.normal(k[3], (ROWS, OBS)),
+    )
+
+
+def measure(config, batch_size, steps_per_dispatch, dispatches):
+    table = synthetic_table(jr.key(0))
+    agent = TRQAM.create(jr.key(1), OBS, ACT, config)
+
+    def one_update(agent, key):
+        batch = sample_chunks(table, key, batch_size, config.horizon, config.discount)
+        return agent.update(batch)
+
+    def fused(agent, key):
+        return jax.lax.scan(one_update, agent, jr.split(key, steps_per_dispatch))
+
+    run = eqx.filter_jit(fused)
+    start = time.perf_counter()
+    agent, metrics = jax.block_until_ready(run(agent, jr.key(2)))
+    first_call = time.perf_counter() - start
+    times = []
+    for i in range(dispatches):
+        start = time.perf_counter()
+        agent, metrics = jax.block_until_ready(run(agent, jr.key(3 + i)))
+        times.append(time.perf_counter() - start)
+    per_step = min(times) / steps_per_dispatch
+    median_per_step = sorted(times)[len(times) // 2] / steps_per_dispatch
+    single = eqx.filter_jit(one_update).lower(agent, jr.key(0)).compile().compiled
+    cost = single.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    gflop = float(cost.get("flops", float("nan"))) / 1e9 if cost else float("nan")
+    return {
+        "batch_size": batch_size,
+        "steps_per_dispatch": steps_per_dispatch,
+        "median_s_per_step": median_per_step,
+        "best_s_per_step": per_step,
+        "steps_per_s": 1.0 / median_per_step,
+        "first_call_s": first_call,
+        "gflop_per_update": gflop,
+        "achieved_gflop_per_s": gflop / median_per_step,
+        "finite": bool(all(jnp.all(jnp.isfinite(v)) for v in metrics.values())),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "update_step.json"))
+    opts = parser.parse_args()
+    paper = AgentConfig()
+    small = AgentConfig.small()
+    rows = {
+        "paper": measure(paper, 256, 5 if opts.quick else 10, 2 if opts.quick else 3),
+        "small": measure(small, 256, 20 if opts.quick else 50, 2 if opts.quick else 3),
+    }
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nTRQAM update on {jax.devices()[0]} (float32)")
+    print(f"{'size':<7}{'steps/s':>9}{'ms/step':>9}{'best ms':>9}{'1st call s':>12}{'GFLOP/upd':>11}{'GFLOP/s':>9}")
+    for name, r in rows.items():
+        print(
+            f"{name:<7}{r['steps_per_s']:>9.2f}{1e3 * r['median_s_per_step']:>9.0f}{1e3 * r['best_s_per_step']:>9.0f}"
+            f"{r['first_call_s']:>12.1f}{r['gflop_per_update']:>11.1f}{r['achieved_gflop_per_s']:>9.1f}"
+        )
+    print(f"peak host memory: {peak_mb:.0f} MB")
+    print("reference (official TRQAM, performance.md): paper size 0.75-0.84 s/step, 61.5 GFLOP/update")
+    record = {
+        "benchmark": "update_step",
+        "command": "python benchmarks/update_step.py" + (" --quick" if opts.quick else ""),
+        "machine": {
+            "platform": platform.platform(),
+            "devices": [str(d) for d in jax.devices()],
+            "jax": jax.__version__,
+        },
+        "rows": rows,
+        "peak_host_memory_mb": peak_mb,
+        "reference": {"paper_s_per_step": [0.75, 0.84], "paper_gflop_per_update": 61.5},
+    }
+    out = pathlib.Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
