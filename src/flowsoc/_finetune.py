@@ -95,17 +95,7 @@ class FinetuneConfig:
         """The [`flowsoc.DualDescent`][] of this configuration (None for a fixed λ)."""
         if self.kl_budget is None:
             return None
-        return DualDescent(
-            kl_budget=self.kl_budget,
-            step_size=self.dual_step_size,
-            ema=self.dual_ema,
-            clip_coef=self.dual_clip_coef,
-            lam_min=self.lam_min,
-            lam_max=self.lam_max,
-            lam_init=self.lam_init,
-            lam_scale=self.lam_scale,
-            log_space=self.dual_log_space,
-        )
+        return DualDescent.from_settings(self)
 
 
 class FinetuneState(eqx.Module):

@@ -78,6 +78,23 @@ class DualDescent(eqx.Module):
         if bad(self.lam_scale) or self.lam_scale <= 0:
             raise ValueError(f"DualDescent: lam_scale must be > 0, got {self.lam_scale}.")
 
+    @classmethod
+    def from_settings(cls, settings) -> "DualDescent":
+        """Build from a configuration with the fields `kl_budget`, `dual_step_size`, `dual_ema`,
+        `dual_clip_coef`, `lam_min`, `lam_max`, `lam_init`, `lam_scale` and `dual_log_space`
+        ([`flowsoc.FinetuneConfig`][], `flowsoc.rl.AgentConfig`)."""
+        return cls(
+            kl_budget=settings.kl_budget,
+            step_size=settings.dual_step_size,
+            ema=settings.dual_ema,
+            clip_coef=settings.dual_clip_coef,
+            lam_min=settings.lam_min,
+            lam_max=settings.lam_max,
+            lam_init=settings.lam_init,
+            lam_scale=settings.lam_scale,
+            log_space=settings.dual_log_space,
+        )
+
     def init(self, dtype=None) -> DualState:
         """The initial state: λ = `lam_init`, KL average 0."""
         dtype = jnp.zeros(()).dtype if dtype is None else dtype

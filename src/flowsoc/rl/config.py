@@ -34,6 +34,7 @@ class AgentConfig:
     lam_max: float = 100.0
     lam_init: float = 1.0
     lam_scale: float = 3.0  # TRQAM's fixed multiplier inside σ
+    dual_log_space: bool = False  # relative steps in log λ (see DualDescent)
     dual_update: bool = True  # TRQAM: switch the dual step off to keep λ fixed
     clip_adjoint_action: bool = True  # boundary gradient at clip(a, -1, 1), as the reference
     bam_running_cost_scale: float | None = None  # BAM: None is QAM's 1/h (running cost summed without h)
@@ -64,16 +65,7 @@ class AgentConfig:
 
     def dual(self) -> DualDescent:
         """TRQAM's [`flowsoc.DualDescent`][] for these settings."""
-        return DualDescent(
-            kl_budget=self.kl_budget,
-            step_size=self.dual_step_size,
-            ema=self.dual_ema,
-            clip_coef=self.dual_clip_coef,
-            lam_min=self.lam_min,
-            lam_max=self.lam_max,
-            lam_init=self.lam_init,
-            lam_scale=self.lam_scale,
-        )
+        return DualDescent.from_settings(self)
 
     @classmethod
     def small(cls, **overrides) -> "AgentConfig":
