@@ -15,10 +15,12 @@ import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
 from ._brownian import GridBrownianPath
 from ._paths import (
+    _is_concrete,
     check_finite,
     check_grid,
     resolve_shift,
@@ -179,12 +181,10 @@ def sample_sde(
     name = "sample_sde"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
-    concrete_zero = shift is not None and not isinstance(shift, jnp.ndarray) and float(shift) == 0.0
+    concrete_zero = shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0
     shift = resolve_shift(ts, shift, name)
     if final_ode_step is None:
         final_ode_step = not concrete_zero
-    if final_ode_step and ts.shape[0] < 2:
-        raise ValueError(f"{name}: final_ode_step needs at least one step.")
     solver = dfx.Euler() if solver is None else solver
     ts_sde = ts[:-1] if final_ode_step else ts
     if ts_sde.shape[0] >= 2:
