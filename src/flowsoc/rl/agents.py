@@ -140,13 +140,17 @@ class AbstractFlowAgent(eqx.Module):
         return jnp.clip(x1, -1.0, 1.0)
 
     def sample_actions(
-        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray
+        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "policy"
     ) -> Float[Array, "*batch horizon action"]:
-        """Action chunks from the fine-tuned policy's ODE (Euler, `flow_steps` steps), clipped to
-        [-1, 1], shape `(*batch, horizon, action_dim)`."""
+        """Action chunks from a flow's ODE (Euler, `flow_steps` steps), clipped to [-1, 1], shape
+        `(*batch, horizon, action_dim)`. `flow`: `"policy"` (the fine-tuned flow), `"behaviour"`
+        (the flow-matching BC flow) or `"base"` (its EMA, the SOC base)."""
+        flows = {"policy": self.nets.policy, "behaviour": self.nets.behaviour, "base": self.base}
+        if flow not in flows:
+            raise ValueError(f"flow must be one of {sorted(flows)}, got {flow!r}.")
         single = observations.ndim == 1
         obs = observations[None] if single else observations
-        actions = self.flow_actions(self.nets.policy, obs, key)
+        actions = self.flow_actions(flows[flow], obs, key)
         actions = actions.reshape(obs.shape[:-1] + (self.config.horizon, self.action_dim))
         return actions[0] if single else actions
 

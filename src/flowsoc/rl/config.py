@@ -74,5 +74,16 @@ class AgentConfig:
         settings.update(overrides)
         return cls(**settings)
 
+    @classmethod
+    def paper(cls, env: str, agent: str = "trqam", **overrides) -> "AgentConfig":
+        """The official runs' settings for OGBench dataset or domain `env` (e.g.
+        `cube-double-play-singletask-task2-v0` or `cube-double`) and `agent` (`trqam`, `qam`,
+        `bam`): see [`flowsoc.rl.presets.domain_preset`][]."""
+        from .presets import domain_preset
+
+        settings = domain_preset(env).agent_settings(agent)
+        settings.update(overrides)
+        return cls(**settings)
+
     def replace(self, **changes) -> "AgentConfig":
         return dataclasses.replace(self, **changes)

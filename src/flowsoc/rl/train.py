@@ -1,0 +1,456 @@
+"""The offline training loop: fused update dispatches, periodic evaluation, metrics files, a
+learning-curve figure, atomic checkpoints and exact resume.
+
+Layout of a run directory:
+
+- `checkpoint/state.eqx`, `checkpoint/meta.json`: the whole agent (parameters, optimiser state,
+  λ and its KL average, RNG key, step), written atomically, `meta.json` last;
+- `metrics.jsonl`: one JSON object per row (`"kind": "train"` per dispatch, `"eval"` per evaluation);
+- `train.csv`, `eval.csv`: the same rows as tables;
+- `learning_curve.png`: success rate, path KL against the budget, and λ over training steps.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray
+
+from .._checkpoint import atomic_write, CheckpointError, load_tree, save_tree
+from .agents import AbstractFlowAgent
+from .data import ReplayBuffer, sample_chunks, Transitions
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a non-finite loss or metric; the message names the step and the last good
+    checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the training loop (the agent's own hyperparameters are in `AgentConfig`).
+
+    The official protocol is 1M offline steps, batch 256, evaluation every 50K steps over 50
+    episodes. `steps`, `eval_every` and `checkpoint_every` must be multiples of
+    `steps_per_dispatch`, the number of updates fused into one compiled `lax.scan`.
+    """
+
+    steps: int = 1_000_000
+    batch_size: int = 256
+    steps_per_dispatch: int = 100
+    eval_every: int = 50_000  # 0: no evaluation during training
+    eval_episodes: int = 50
+    eval_envs: int = 10  # environments stepped in lockstep (one batched policy call per chunk)
+    eval_at_start: bool = True
+    eval_flows: tuple[str, ...] = ("policy",)  # add "behaviour" to report the BC flow
+    checkpoint_every: int = 50_000  # 0: only at the end
+    seed: int = 0  # batches and evaluation (the agent's own key comes from `create`)
+    progress: bool = True
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "steps_per_dispatch", "eval_episodes", "eval_envs")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}.")
+        n = self.steps_per_dispatch
+        for name in ("steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0 or value % n:
+                raise ValueError(
+                    f"TrainConfig: {name}={value} must be a non-negative multiple of steps_per_dispatch={n} "
+                    f"(updates run in fused blocks of {n}); change one of them."
+                )
+        for flow in self.eval_flows:
+            if flow not in ("policy", "behaviour", "base"):
+                raise ValueError(f"TrainConfig: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}.")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------- fused updates
+
+
+def batch_key(seed: int, step: Array | int) -> PRNGKeyArray:
+    """The key of the batch used by update number `step` (a pure function of the step, so that a
+    resumed run draws the same batches)."""
+    return jr.fold_in(jr.key(seed), step)
+
+
+@eqx.filter_jit
+def fused_updates(
+    agent: AbstractFlowAgent, data: Transitions | ReplayBuffer, seed: int, num_steps: int, batch_size: int
+) -> tuple[AbstractFlowAgent, dict[str, Array]]:
+    """`num_steps` updates in one `lax.scan`, each on a fresh batch of chunks from `data`; the
+    metrics come back stacked, shape `(num_steps,)` each."""
+    cfg = agent.config
+    arrays, static = eqx.partition(agent, eqx.is_array)
+
+    def body(arrays, _):
+        current = eqx.combine(arrays, static)
+        batch = sample_chunks(data, batch_key(seed, current.step), batch_size, cfg.horizon, cfg.discount)
+        new, metrics = current.update(batch)
+        return eqx.filter(new, eqx.is_array), metrics
+
+    arrays, metrics = jax.lax.scan(body, arrays, None, length=num_steps)
+    return eqx.combine(arrays, static), metrics
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+
+
+def _meta(agent: AbstractFlowAgent, config: TrainConfig, info: dict) -> dict:
+    return {
+        "agent": type(agent).__name__,
+        "agent_config": dataclasses.asdict(agent.config),
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "info": info,
+    }
+
+
+def save_agent_checkpoint(directory: str | os.PathLike, agent: AbstractFlowAgent, meta: dict) -> pathlib.Path:
+    """Write `agent` to `directory/state.eqx` and `directory/meta.json` (with `meta` and the step),
+    atomically, the state first. Returns the directory."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tree(directory / "state.eqx", agent)
+    payload = json.dumps({**meta, "step": int(agent.step)}, indent=2, default=str)
+    atomic_write(directory / "meta.json", lambda tmp: pathlib.Path(tmp).write_text(payload))
+    return directory
+
+
+def load_agent_checkpoint(directory: str | os.PathLike, like: AbstractFlowAgent, meta: dict | None = None):
+    """Restore an agent shaped like `like` from `directory`. With `meta`, refuse a checkpoint
+    written by another agent class, agent configuration, batch size or seed. Returns
+    `(agent, saved_meta)`; raises `CheckpointError` naming the problem."""
+    directory = pathlib.Path(directory)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise CheckpointError(f"No checkpoint in {directory} (missing meta.json). Start without --resume.")
+    try:
+        saved = json.loads(meta_path.read_text())
+        step = int(saved["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{meta_path} is corrupt ({err}); delete the run directory or start a new one.")
+    if meta is not None:
+        mine = json.loads(json.dumps(meta, default=str))
+        differing = [k for k in ("agent", "agent_config", "batch_size", "seed") if saved.get(k) != mine.get(k)]
+        if differing:
+            detail = differing
+            if "agent_config" in differing:
+                a, b = saved.get("agent_config") or {}, mine["agent_config"]
+                detail = [k for k in differing if k != "agent_config"] + [
+                    f"agent_config.{k} ({a.get(k)!r} saved, {b.get(k)!r} now)" for k in b if a.get(k) != b.get(k)
+                ]
+            raise CheckpointError(
+                f"The checkpoint in {directory} was written with different settings: {', '.join(detail)}. "
+                "Resume with the same settings or use a new run directory."
+            )
+    agent = load_tree(directory / "state.eqx", like)
+    if int(agent.step) != step:
+        raise CheckpointError(
+            f"The checkpoint in {directory} is inconsistent: meta.json says step {step}, state.eqx holds "
+            f"{int(agent.step)}. Delete it or start a new run directory."
+        )
+    return agent, saved
+
+
+# ---------------------------------------------------------------------------------- metrics files
+
+
+class MetricsLog:
+    """Rows of metrics in memory and, with a directory, in `metrics.jsonl`, `train.csv`, `eval.csv`."""
+
+    def __init__(self, directory: pathlib.Path | None, rows: list[dict] | None = None):
+        self.directory = directory
+        self.rows: list[dict] = list(rows or [])
+        if directory is not None:
+            self._rewrite()
+
+    @classmethod
+    def restore(cls, directory: pathlib.Path, up_to_step: int) -> "MetricsLog":
+        """The rows of `directory/metrics.jsonl` up to `up_to_step` (those after the checkpoint are
+        dropped; the resumed run writes them again)."""
+        rows = []
+        path = directory / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                if row.get("step", math.inf) <= up_to_step:
+                    rows.append(row)
+        return cls(directory, rows)
+
+    def kind(self, kind: str) -> list[dict]:
+        return [r for r in self.rows if r["kind"] == kind]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.directory is not None:
+            with open(self.directory / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self._write_csv(row["kind"])
+
+    def _rewrite(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(r) + "\n" for r in self.rows)
+        atomic_write(self.directory / "metrics.jsonl", lambda tmp: pathlib.Path(tmp).write_text(text))
+        for kind in ("train", "eval"):
+            self._write_csv(kind)
+
+    def _write_csv(self, kind: str) -> None:
+        rows = self.kind(kind)
+        columns = list(dict.fromkeys(k for r in rows for k in r if k != "kind"))
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows({k: v for k, v in r.items() if k != "kind"} for r in rows)
+
+        atomic_write(self.directory / f"{kind}.csv", write)
+
+
+def plot_learning_curve(rows: list[dict], path: str | os.PathLike, *, kl_budget: float | None = None, title: str = ""):
+    """Success rate (per evaluated flow), path KL per action step (with the budget) and λ against
+    training steps, to a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    flows = [k[: -len("/success")] for k in (evals[0] if evals else {}) if k.endswith("/success")]
+    for flow in flows:
+        ax.plot([r["step"] for r in evals], [100 * r[f"{flow}/success"] for r in evals], "o-", label=flow)
+    ax.set(xlabel="update step", ylabel="success rate (%)", title="evaluation", ylim=(-3, 103))
+    if flows:
+        ax.legend()
+    steps = [r["step"] for r in train]
+    ax = axes[1]
+    if train:
+        ax.plot(steps, [r["kl"] for r in train], label="path KL / H")
+    if kl_budget is not None:
+        ax.axhline(kl_budget, color="k", ls="--", lw=1, label=f"budget {kl_budget:g}")
+    ax.set(xlabel="update step", ylabel="KL per action step", title="KL to the base policy")
+    ax.legend()
+    ax = axes[2]
+    if train:
+        ax.plot(steps, [r["lam"] for r in train])
+        ax.set_yscale("log")
+    ax.set(xlabel="update step", ylabel="λ inside σ", title="trust-region λ")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+
+    def write(tmp):
+        fig.savefig(tmp, dpi=110, format="png")
+
+    atomic_write(path, write)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+Evaluator = Callable[[AbstractFlowAgent, int], dict[str, float]]
+
+
+def ogbench_evaluator(env_name: str, config: TrainConfig) -> Evaluator:
+    """Evaluate `config.eval_flows` of an agent in OGBench's `env_name` over
+    `config.eval_episodes` episodes (the environments are built once, on first use). Episode
+    seeds and policy keys depend only on `config.seed`, so every evaluation starts from the same
+    initial states."""
+    from .evaluate import agent_policy, evaluate, make_envs
+
+    envs: list[Any] = []
+
+    def evaluator(agent: AbstractFlowAgent, step: int) -> dict[str, float]:
+        if not envs:
+            envs.extend(make_envs(env_name, min(config.eval_envs, config.eval_episodes)))
+        out = {}
+        for flow in config.eval_flows:
+            key = jr.fold_in(jr.key(config.seed + 1), step)
+            result = evaluate(agent_policy(agent, flow), envs, config.eval_episodes, key, seed=10_000 * config.seed)
+            out.update(result.summary(f"{flow}/"))
+        return out
+
+    return evaluator
+
+
+@dataclasses.dataclass
+class TrainResult:
+    agent: AbstractFlowAgent
+    rows: list[dict]
+    run_dir: pathlib.Path | None
+
+    @property
+    def evals(self) -> list[dict]:
+        return [r for r in self.rows if r["kind"] == "eval"]
+
+    @property
+    def train(self) -> list[dict]:
+        return [r for r in self.rows if r["kind"] == "train"]
+
+
+def _first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, list[str]] | None:
+    bad = {k: np.flatnonzero(~np.isfinite(v)) for k, v in metrics.items()}
+    bad = {k: v for k, v in bad.items() if v.size}
+    if not bad:
+        return None
+    first = min(int(v[0]) for v in bad.values())
+    return first, sorted(k for k, v in bad.items() if int(v[0]) == first)
+
+
+def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
+    out = {k: f"{row[k]:.3g}" for k in ("critic_loss", "actor_loss", "kl", "lam") if k in row}
+    if last_eval:
+        out.update({k.split("/")[0]: f"{100 * v:.0f}%" for k, v in last_eval.items() if k.endswith("/success")})
+    return out
+
+
+def train_offline(
+    agent: AbstractFlowAgent,
+    data: Transitions,
+    config: TrainConfig,
+    *,
+    evaluator: Evaluator | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    info: dict | None = None,
+) -> TrainResult:
+    """Train `agent` on `data` for `config.steps` updates (counted by `agent.step`).
+
+    Updates run `config.steps_per_dispatch` at a time in one compiled scan; after each block the
+    mean metrics are logged and checked (a non-finite value raises `NonFiniteLossError` after
+    saving the last good agent). `evaluator(agent, step)` runs every `config.eval_every` steps
+    and at the end. With `run_dir`, checkpoints are written every `config.checkpoint_every` steps,
+    at the end and on Ctrl-C; `resume=True` continues from `run_dir/checkpoint` exactly, drawing the
+    same batches as an uninterrupted run. `info` is stored in the checkpoint's metadata.
+    """
+    if not isinstance(data, Transitions):
+        raise TypeError(f"data must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
+    if data.size < agent.config.horizon:
+        raise ValueError(f"the dataset has {data.size} transitions, fewer than the chunk length {agent.config.horizon}.")
+    directory = None if run_dir is None else pathlib.Path(run_dir)
+    ckpt_dir = None if directory is None else directory / "checkpoint"
+    meta = _meta(agent, config, info or {})
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume=True needs a run_dir.")
+        agent, _ = load_agent_checkpoint(ckpt_dir, agent, meta)
+        log = MetricsLog.restore(directory, int(agent.step))
+    else:
+        if ckpt_dir is not None and (ckpt_dir / "meta.json").exists():
+            raise FileExistsError(
+                f"{directory} already holds a run (checkpoint at {ckpt_dir}). Pass --resume to continue it, "
+                "or choose another run directory."
+            )
+        log = MetricsLog(directory)
+
+    step = int(agent.step)
+    last_saved = step if resume else None
+    last_eval = (log.kind("eval") or [None])[-1]
+    kl_budget = agent.config.kl_budget if type(agent).__name__ == "TRQAM" else None
+
+    def checkpoint(a):
+        nonlocal last_saved
+        if ckpt_dir is not None:
+            save_agent_checkpoint(ckpt_dir, a, meta)
+            last_saved = int(a.step)
+
+    def run_eval(a, s):
+        nonlocal last_eval
+        if evaluator is None:
+            return
+        row = {"kind": "eval", "step": s, **evaluator(a, s)}
+        log.append(row)
+        last_eval = {k: v for k, v in row.items() if "/" in k}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
+    try:
+        if step == 0 and config.eval_at_start and config.eval_every:
+            run_eval(agent, 0)
+        while step < config.steps:
+            n = config.steps_per_dispatch
+            new, metrics = fused_updates(agent, data, config.seed, n, config.batch_size)
+            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            bad = _first_non_finite(metrics)
+            if bad is not None:
+                offset, names = bad
+                checkpoint(agent)
+                where = (
+                    f"the last good state (step {step}) is saved in {ckpt_dir}"
+                    if ckpt_dir is not None
+                    else "no run directory was given, so nothing was saved"
+                )
+                raise NonFiniteLossError(
+                    f"non-finite {', '.join(names)} at update step {step + offset + 1}; training stopped and {where}. "
+                    "Check the data for NaN/inf, or lower learning_rate / enable grad_clip, then resume."
+                )
+            agent, step = new, step + n
+            row = {"kind": "train", "step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
+            log.append(row)
+            bar.update(n)
+            bar.set_postfix(_postfix(row, last_eval), refresh=False)
+            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
+                run_eval(agent, step)
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
+                checkpoint(agent)
+    except KeyboardInterrupt:
+        checkpoint(agent)
+        bar.close()
+        where = f"; the state at step {step} is saved, continue with --resume" if ckpt_dir is not None else ""
+        print(f"\nInterrupted at step {step}{where}.")
+        raise
+    bar.close()
+    if directory is not None:
+        plot_learning_curve(log.rows, directory / "learning_curve.png", kl_budget=kl_budget, title=str(info or ""))
+    return TrainResult(agent=agent, rows=log.rows, run_dir=directory)
+
+
+def load_transitions(data: dict[str, np.ndarray], name: str = "") -> Transitions:
+    """`Transitions` from a numpy dataset, refusing non-finite values with the field named."""
+    for field in ("observations", "actions", "rewards", "next_observations"):
+        if field in data and not np.all(np.isfinite(data[field])):
+            rows = np.flatnonzero(~np.all(np.isfinite(np.reshape(data[field], (len(data[field]), -1))), axis=1))
+            raise ValueError(
+                f"dataset {name!r}: {field} holds NaN or inf in {rows.size} rows (first at row {rows[0]}); "
+                "regenerate the dataset or clean it."
+            )
+    return Transitions.from_numpy(data, name)
+
+
+__all__ = [
+    "CheckpointError",
+    "MetricsLog",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "batch_key",
+    "fused_updates",
+    "load_agent_checkpoint",
+    "load_transitions",
+    "ogbench_evaluator",
+    "plot_learning_curve",
+    "save_agent_checkpoint",
+    "train_offline",
+]
