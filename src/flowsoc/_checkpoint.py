@@ -69,7 +69,5 @@ def load_tree(path: str | os.PathLike, like: _T) -> _T:
             f"{path} cannot be read ({type(err).__name__}: {err}); it is corrupt or was written by another "
             "model or configuration."
         ) from err
-    restored = jax.tree.map(
-        lambda r, x: jr.wrap_key_data(r, impl=jr.key_impl(x)) if _is_key(x) else r, raw, arrays
-    )
+    restored = jax.tree.map(lambda r, x: jr.wrap_key_data(r, impl=jr.key_impl(x)) if _is_key(x) else r, raw, arrays)
     return eqx.combine(restored, static)

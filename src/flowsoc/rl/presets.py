@@ -61,13 +61,15 @@ PAPER_PRESETS: dict[str, DomainPreset] = {
         DomainPreset("scene", inv_temp=1.0, sparse=True),
         DomainPreset("cube-double", inv_temp=1.0),
         DomainPreset("antmaze-large", inv_temp=10.0, horizon=1),
-        DomainPreset("humanoidmaze-medium", inv_temp=3.0, horizon=1, discount_qam=0.995, discount_trqam=0.999,
-                     pessimism=0.0),
+        DomainPreset(
+            "humanoidmaze-medium", inv_temp=3.0, horizon=1, discount_qam=0.995, discount_trqam=0.999, pessimism=0.0
+        ),
         DomainPreset("cube-triple", inv_temp=3.0, kl_budget=0.5, large=True),
         DomainPreset("cube-quadruple", inv_temp=1.0, large=True),
         DomainPreset("antmaze-giant", inv_temp=3.0, horizon=1, discount_qam=0.995, large=True),
-        DomainPreset("humanoidmaze-large", inv_temp=3.0, horizon=1, discount_qam=0.995, discount_trqam=0.999,
-                     pessimism=0.0),
+        DomainPreset(
+            "humanoidmaze-large", inv_temp=3.0, horizon=1, discount_qam=0.995, discount_trqam=0.999, pessimism=0.0
+        ),
         DomainPreset("puzzle-4x4", inv_temp=30.0, sparse=True, large=True),
     )
 }
@@ -86,7 +88,9 @@ def domain_preset(env: str) -> DomainPreset:
     try:
         parsed = parse_dataset_name(env)
     except DatasetError as err:
-        raise ValueError(f"no preset for {env!r}: give an OGBench dataset name or one of {sorted(PAPER_PRESETS)}.") from err
+        raise ValueError(
+            f"no preset for {env!r}: give an OGBench dataset name or one of {sorted(PAPER_PRESETS)}."
+        ) from err
     key = f"{parsed.domain}-{parsed.variant}" if parsed.variant else parsed.domain
     if key in PAPER_PRESETS:
         return PAPER_PRESETS[key]

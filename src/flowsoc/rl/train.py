@@ -72,7 +72,9 @@ class TrainConfig:
                 )
         for flow in self.eval_flows:
             if flow not in ("policy", "behaviour", "base"):
-                raise ValueError(f"TrainConfig: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}.")
+                raise ValueError(
+                    f"TrainConfig: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}."
+                )
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -347,7 +349,9 @@ def train_offline(
     if not isinstance(data, Transitions):
         raise TypeError(f"data must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
     if data.size < agent.config.horizon:
-        raise ValueError(f"the dataset has {data.size} transitions, fewer than the chunk length {agent.config.horizon}.")
+        raise ValueError(
+            f"the dataset has {data.size} transitions, fewer than the chunk length {agent.config.horizon}."
+        )
     directory = None if run_dir is None else pathlib.Path(run_dir)
     ckpt_dir = None if directory is None else directory / "checkpoint"
     meta = _meta(agent, config, info or {})
