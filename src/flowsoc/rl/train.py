@@ -21,6 +21,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
@@ -83,7 +84,7 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------- fused updates
 
 
-def batch_key(seed: int, step: Array | int) -> PRNGKeyArray:
+def batch_key(seed: int | Array, step: int | Array) -> PRNGKeyArray:
     """The key of the batch used by update number `step` (a pure function of the step, so that a
     resumed run draws the same batches)."""
     return jr.fold_in(jr.key(seed), step)
@@ -91,7 +92,11 @@ def batch_key(seed: int, step: Array | int) -> PRNGKeyArray:
 
 @eqx.filter_jit
 def fused_updates(
-    agent: AbstractFlowAgent, data: Transitions | ReplayBuffer, seed: int, num_steps: int, batch_size: int
+    agent: AbstractFlowAgent,
+    data: Transitions | ReplayBuffer,
+    seed: int | Array,
+    num_steps: int,
+    batch_size: int,
 ) -> tuple[AbstractFlowAgent, dict[str, Array]]:
     """`num_steps` updates in one `lax.scan`, each on a fresh batch of chunks from `data`; the
     metrics come back stacked, shape `(num_steps,)` each."""
@@ -389,17 +394,26 @@ def train_offline(
 
     from tqdm.auto import tqdm
 
+    seed = jnp.asarray(config.seed, jnp.uint32)  # traced: one compilation serves every seed
+
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
     try:
         if step == 0 and config.eval_at_start and config.eval_every:
             run_eval(agent, 0)
         while step < config.steps:
             n = config.steps_per_dispatch
-            new, metrics = fused_updates(agent, data, config.seed, n, config.batch_size)
-            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-            bad = _first_non_finite(metrics)
-            if bad is not None:
-                offset, names = bad
+            try:
+                new, metrics = fused_updates(agent, data, seed, n, config.batch_size)
+                metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+                bad = _first_non_finite(metrics)
+                what = None if bad is None else f"{', '.join(bad[1])} at update step {step + bad[0] + 1}"
+            except eqx.EquinoxRuntimeError as err:  # a check inside the core saw NaN/inf states
+                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+                reason = next(
+                    (line for line in lines if "NaN" in line or "infinite" in line), lines[0] if lines else ""
+                )
+                what = f"values within update steps {step + 1}-{step + n} ({reason})"
+            if what is not None:
                 checkpoint(agent)
                 where = (
                     f"the last good state (step {step}) is saved in {ckpt_dir}"
@@ -407,7 +421,7 @@ def train_offline(
                     else "no run directory was given, so nothing was saved"
                 )
                 raise NonFiniteLossError(
-                    f"non-finite {', '.join(names)} at update step {step + offset + 1}; training stopped and {where}. "
+                    f"non-finite {what}; training stopped and {where}. "
                     "Check the data for NaN/inf, or lower learning_rate / enable grad_clip, then resume."
                 )
             agent, step = new, step + n

@@ -1,0 +1,212 @@
+"""One offline experiment end to end: data (generated locally if absent), agent from a preset,
+training with evaluation, a results table and the learning-curve figure.
+
+`examples/ogbench_offline.py` is the command-line face of [`run_offline`][]; its flags are the
+fields of [`OfflineArgs`][].
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Literal
+
+import jax.random as jr
+import numpy as np
+
+from .agents import BAM, QAM, TRQAM
+from .config import AgentConfig
+from .presets import domain_preset
+from .train import load_transitions, ogbench_evaluator, train_offline, TrainConfig, TrainResult
+
+
+DEFAULT_ENV = "cube-single-play-singletask-task1-v0"
+AGENTS = {"trqam": TRQAM, "qam": QAM, "bam": BAM}
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineArgs:
+    """Train a flow agent offline on an OGBench single-task dataset and evaluate it in the environment.
+
+    With no flags: the embedded default, a small locally generated cube-single dataset, the small
+    preset, TRQAM with its BC flow evaluated alongside (about 10 minutes on 2 CPU cores).
+    """
+
+    env: str = DEFAULT_ENV
+    """OGBench single-task dataset name, e.g. cube-double-play-singletask-task2-v0."""
+    agent: Literal["trqam", "qam", "bam"] = "trqam"
+    """trqam: λ by dual descent on a KL budget; qam: fixed temperature τ; bam: basic-adjoint ablation."""
+    preset: Literal["small", "paper"] = "small"
+    """paper: the official per-domain settings and protocol (1M steps, 4x512 nets); small: CPU-sized."""
+    steps: int | None = None
+    """Update steps (default: 1,000,000 for paper, 24,000 for small)."""
+    batch_size: int | None = None
+    """Default: 256 for paper, 128 for small."""
+    eval_every: int | None = None
+    """Steps between evaluations (default: 50,000 for paper, 4,000 for small)."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation (default: 50 for paper, 20 for small)."""
+    kl_budget: float | None = None
+    """Override TRQAM's ε_KL per action step (the preset's otherwise)."""
+    inv_temp: float | None = None
+    """Override QAM/BAM's τ (the preset's otherwise)."""
+    bc: bool = True
+    """Also evaluate the behaviour (BC) flow trained alongside, as the baseline."""
+    seed: int = 0
+    """Seed of the agent's initialisation, the batches and the evaluation."""
+    data_dir: str | None = None
+    """Where datasets live (default: $FLOWSOC_DATA_DIR or ~/.ogbench/data for paper; a cache
+    directory per size for small)."""
+    episodes: int | None = None
+    """Episodes to generate if the dataset is absent (default: OGBench's count for paper, 50 for small)."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Processes for dataset generation."""
+    run_dir: str | None = None
+    """Output directory (default: runs/<env>-<agent>-<preset>-seed<seed>)."""
+    resume: bool = False
+    """Continue the run in run_dir from its last checkpoint."""
+    steps_per_dispatch: int = 100
+    """Updates fused into one compiled call."""
+    progress: bool = True
+    """Show a progress bar."""
+    smoke: bool = False
+    """A seconds-long run on a tiny dataset with tiny networks (for CI)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The concrete settings an `OfflineArgs` resolves to."""
+
+    env: str
+    agent_cls: type
+    agent_config: AgentConfig
+    train_config: TrainConfig
+    data_dir: str | None
+    episodes: int | None
+    episode_length: int | None
+    run_dir: pathlib.Path
+
+
+def _cache_dir(episodes: int, episode_length: int | None) -> str:
+    root = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "flowsoc"
+    suffix = f"-len{episode_length}" if episode_length else ""
+    return str(root / f"ogbench-{episodes}ep{suffix}")
+
+
+def plan(args: OfflineArgs) -> Plan:
+    """Resolve presets and defaults (validating them) into a `Plan`."""
+    preset = domain_preset(args.env)
+    settings = preset.agent_settings(args.agent)
+    episode_length = None
+    if args.smoke:
+        settings.update(actor_hidden=(32, 32), critic_hidden=(32, 32), num_critics=2, flow_steps=4)
+        defaults = dict(steps=20, batch_size=16, eval_every=20, eval_episodes=2, episodes=3)
+        episode_length = 101
+        args = dataclasses.replace(args, steps_per_dispatch=min(args.steps_per_dispatch, 10))
+    elif args.preset == "small":
+        settings.update(actor_hidden=(128, 128), critic_hidden=(128, 128), num_critics=2)
+        defaults = dict(steps=24_000, batch_size=128, eval_every=4_000, eval_episodes=20, episodes=50)
+    else:
+        defaults = dict(steps=1_000_000, batch_size=256, eval_every=50_000, eval_episodes=50, episodes=None)
+    if args.kl_budget is not None:
+        settings["kl_budget"] = args.kl_budget
+    if args.inv_temp is not None:
+        settings["inv_temp"] = args.inv_temp
+    agent_config = AgentConfig(**settings)
+    pick = lambda name: defaults[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
+    steps, every = pick("steps"), pick("eval_every")
+    train_config = TrainConfig(
+        steps=steps,
+        batch_size=pick("batch_size"),
+        steps_per_dispatch=args.steps_per_dispatch,
+        eval_every=every,
+        eval_episodes=pick("eval_episodes"),
+        eval_envs=min(10, pick("eval_episodes")),
+        eval_flows=("policy", "behaviour") if args.bc else ("policy",),
+        checkpoint_every=every,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    episodes = pick("episodes")
+    data_dir = args.data_dir
+    if data_dir is None and (args.preset == "small" or args.smoke):
+        data_dir = _cache_dir(episodes, episode_length)
+    run_dir = args.run_dir or f"runs/{args.env}-{args.agent}-{'smoke' if args.smoke else args.preset}-seed{args.seed}"
+    return Plan(
+        env=args.env,
+        agent_cls=AGENTS[args.agent],
+        agent_config=agent_config,
+        train_config=train_config,
+        data_dir=data_dir,
+        episodes=episodes,
+        episode_length=episode_length,
+        run_dir=pathlib.Path(run_dir),
+    )
+
+
+def results_table(result: TrainResult, agent_name: str) -> str:
+    """A text table: per evaluated flow, success at the start and at the end (± standard error over
+    episodes), the best evaluation, and the final mean return."""
+    evals = result.evals
+    if not evals:
+        return "(no evaluations)"
+    first, last = evals[0], evals[-1]
+    names = {"policy": agent_name.upper(), "behaviour": "BC (behaviour flow)", "base": "base (EMA of BC)"}
+    lines = [
+        f"{'method':<22}{'start':>9}{'final':>9}{'best':>9}{'final return':>15}",
+    ]
+    flows = [k[: -len("/success")] for k in last if k.endswith("/success")]
+    for flow in flows:
+        best = max(r[f"{flow}/success"] for r in evals)
+        lines.append(
+            f"{names.get(flow, flow):<22}{100 * first[f'{flow}/success']:>8.0f}%{100 * last[f'{flow}/success']:>8.0f}%"
+            f"{100 * best:>8.0f}%{last[f'{flow}/return']:>15.1f}"
+        )
+    lines.append(
+        f"(success rate over the evaluation episodes; start = step {first['step']}, final = step {last['step']})"
+    )
+    return "\n".join(lines)
+
+
+def run_offline(args: OfflineArgs) -> TrainResult:
+    """Load (or generate) the data, build the agent, train with evaluation, print the table, and
+    write `summary.json` and `learning_curve.png` into the run directory."""
+    from .data import load_ogbench
+
+    p = plan(args)
+    print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
+    _, train, _ = load_ogbench(
+        p.env, p.data_dir, generate=True, episodes=p.episodes, episode_length=p.episode_length, workers=args.workers
+    )
+    data = load_transitions(train, p.env)
+    obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
+    print(
+        f"data: {data.size} transitions, observation {obs_dim}, action {action_dim} "
+        f"(chunks of {p.agent_config.horizon}); run directory {p.run_dir}"
+    )
+    agent = p.agent_cls.create(jr.key(args.seed), obs_dim, action_dim, p.agent_config)
+    info = {"env": p.env, "agent": args.agent, "preset": "smoke" if args.smoke else args.preset}
+    result = train_offline(
+        agent,
+        data,
+        p.train_config,
+        evaluator=ogbench_evaluator(p.env, p.train_config),
+        run_dir=p.run_dir,
+        resume=args.resume,
+        info=info,
+    )
+    table = results_table(result, args.agent)
+    print(table)
+    summary = {
+        **info,
+        "steps": int(result.agent.step),
+        "evals": result.evals,
+        "final_kl": float(np.mean([r["kl"] for r in result.train[-5:]])) if result.train else None,
+        "final_lam": result.train[-1]["lam"] if result.train else None,
+        "agent_config": dataclasses.asdict(p.agent_config),
+        "train_config": dataclasses.asdict(p.train_config),
+    }
+    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (p.run_dir / "results.txt").write_text(table + "\n")
+    print(f"figure: {p.run_dir / 'learning_curve.png'}")
+    return result

@@ -1,0 +1,206 @@
+"""The offline training loop: fused dispatches equal single updates, resume equals an uninterrupted
+run, corrupt or mismatched checkpoints fail clearly, a NaN stops the run naming the step and the
+saved state, metrics files and the figure are written."""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from flowsoc.rl import AgentConfig, QAM, TRQAM
+from flowsoc.rl.data import sample_chunks, Transitions
+from flowsoc.rl.train import (
+    batch_key,
+    CheckpointError,
+    fused_updates,
+    load_agent_checkpoint,
+    load_transitions,
+    MetricsLog,
+    NonFiniteLossError,
+    train_offline,
+    TrainConfig,
+)
+
+
+OBS, ACT, N = 4, 2, 64
+CONFIG = AgentConfig.small(horizon=2, actor_hidden=(8,), critic_hidden=(8,), num_critics=2, flow_steps=3)
+TRAIN = TrainConfig(steps=12, batch_size=4, steps_per_dispatch=3, eval_every=6, checkpoint_every=6, progress=False)
+
+
+def make_data(key, n=N, nan_row=None):
+    k = jr.split(key, 4)
+    obs = jr.normal(k[0], (n + 1, OBS))
+    rewards = -jnp.abs(jr.normal(k[2], (n,)))
+    if nan_row is not None:
+        rewards = rewards.at[nan_row].set(jnp.nan)
+    return Transitions(
+        observations=obs[:-1],
+        actions=jnp.clip(jr.normal(k[1], (n, ACT)), -1, 1),
+        rewards=rewards,
+        masks=jnp.ones(n),
+        terminals=jnp.zeros(n).at[n // 2 - 1].set(1.0).at[-1].set(1.0),
+        next_observations=obs[1:],
+    )
+
+
+def leaves(tree):
+    return jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))
+
+
+def fake_evaluator(agent, step):
+    """A deterministic function of the parameters, standing in for the environment."""
+    value = float(jnp.mean(agent.sample_actions(jnp.ones((3, OBS)), jr.key(step))))
+    return {"policy/success": value % 1.0, "policy/return": value, "policy/length": 1.0}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data(jr.key(0))
+
+
+def test_fused_dispatch_equals_sequential_updates(data):
+    agent = TRQAM.create(jr.key(1), OBS, ACT, CONFIG)
+    seed = jnp.asarray(7, jnp.uint32)
+    fused, metrics = fused_updates(agent, data, seed, 3, 4)
+    step = eqx.filter_jit(lambda a, b: a.update(b))
+    sequential = agent
+    kls = []
+    for i in range(3):
+        batch = sample_chunks(data, batch_key(seed, i), 4, CONFIG.horizon, CONFIG.discount)
+        sequential, m = step(sequential, batch)
+        kls.append(m["kl"])
+    assert int(fused.step) == 3 and metrics["kl"].shape == (3,)
+    np.testing.assert_allclose(metrics["kl"], jnp.stack(kls), rtol=1e-10)
+    for a, b in zip(leaves(fused), leaves(sequential)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert float(fused.dual.lam) == pytest.approx(float(sequential.dual.lam), rel=1e-12)
+
+
+def test_resume_equals_uninterrupted_run(data, tmp_path):
+    agent = TRQAM.create(jr.key(2), OBS, ACT, CONFIG)
+    full = train_offline(agent, data, TRAIN, evaluator=fake_evaluator, run_dir=tmp_path / "full")
+    part = train_offline(agent, data, TRAIN.replace(steps=6), evaluator=fake_evaluator, run_dir=tmp_path / "part")
+    assert int(part.agent.step) == 6
+    # A crash after the checkpoint leaves rows behind it in metrics.jsonl; resume drops them.
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": 9, "kl": 123.0}) + "\n" + '{"kind": "tra')
+    resumed = train_offline(agent, data, TRAIN, evaluator=fake_evaluator, run_dir=tmp_path / "part", resume=True)
+    assert int(resumed.agent.step) == 12
+    for a, b in zip(leaves(full.agent), leaves(resumed.agent)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jr.key_data(full.agent.key), jr.key_data(resumed.agent.key))
+    assert float(full.agent.dual.kl_avg) == float(resumed.agent.dual.kl_avg)
+    assert resumed.rows == full.rows
+    on_disk = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert on_disk == full.rows
+    assert [r["step"] for r in full.evals] == [0, 6, 12]
+    for name in ("train.csv", "eval.csv", "learning_curve.png"):
+        assert (tmp_path / "full" / name).stat().st_size > 0
+    # optimiser state round-trips too
+    for a, b in zip(jax.tree.leaves(full.agent.opt_state), jax.tree.leaves(resumed.agent.opt_state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(data, tmp_path):
+    agent = TRQAM.create(jr.key(3), OBS, ACT, CONFIG)
+    train_offline(agent, data, TRAIN.replace(steps=6), run_dir=tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_offline(agent, data, TRAIN, run_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError, match="missing meta.json"):
+        train_offline(agent, data, TRAIN, run_dir=tmp_path / "empty", resume=True)
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused(data, tmp_path):
+    agent = TRQAM.create(jr.key(4), OBS, ACT, CONFIG)
+    train_offline(agent, data, TRAIN.replace(steps=6), run_dir=tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint"
+    restored, meta = load_agent_checkpoint(ckpt, agent)
+    assert int(restored.step) == 6 and meta["agent"] == "TRQAM"
+
+    other = TRQAM.create(jr.key(4), OBS, ACT, CONFIG.replace(kl_budget=0.3))
+    with pytest.raises(CheckpointError, match=r"kl_budget \(1.0 saved, 0.3 now\)"):
+        train_offline(other, data, TRAIN, run_dir=tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="batch_size"):
+        train_offline(agent, data, TRAIN.replace(batch_size=8), run_dir=tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="different settings: agent"):
+        train_offline(QAM.create(jr.key(4), OBS, ACT, CONFIG), data, TRAIN, run_dir=tmp_path / "run", resume=True)
+
+    state = ckpt / "state.eqx"
+    good = state.read_bytes()
+    state.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="state.eqx cannot be read"):
+        train_offline(agent, data, TRAIN, run_dir=tmp_path / "run", resume=True)
+    state.write_bytes(good + b"junk")
+    with pytest.raises(CheckpointError, match="trailing bytes"):
+        load_agent_checkpoint(ckpt, agent)
+    state.write_bytes(good)
+    (ckpt / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is corrupt"):
+        load_agent_checkpoint(ckpt, agent)
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "step": 3}))
+    with pytest.raises(CheckpointError, match="inconsistent"):
+        load_agent_checkpoint(ckpt, agent)
+    # a checkpoint of a network of another size
+    bigger = TRQAM.create(jr.key(4), OBS, ACT, CONFIG.replace(actor_hidden=(9,)))
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_agent_checkpoint(ckpt, bigger)
+
+
+def test_non_finite_loss_stops_and_saves_last_good_state(tmp_path):
+    bad = make_data(jr.key(5), nan_row=None)
+    bad = eqx.tree_at(lambda d: d.rewards, bad, jnp.full(N, jnp.nan))
+    agent = TRQAM.create(jr.key(6), OBS, ACT, CONFIG)
+    # One step per dispatch: the logged metrics name the first bad step.
+    single = TRAIN.replace(steps_per_dispatch=1, eval_every=0, checkpoint_every=0)
+    with pytest.raises(NonFiniteLossError, match=r"critic_loss.* at update step 1;.*step 0\) is saved in .*checkpoint"):
+        train_offline(agent, bad, single, run_dir=tmp_path / "run")
+    restored, _ = load_agent_checkpoint(tmp_path / "run" / "checkpoint", agent)
+    assert int(restored.step) == 0
+    # Fused dispatches: the core's own NaN check inside the scan fires first; same stop, same save.
+    good = train_offline(agent, make_data(jr.key(5)), TRAIN.replace(steps=3), run_dir=tmp_path / "run2")
+    with pytest.raises(NonFiniteLossError, match=r"within update steps 4-6 .*NaN.*step 3\) is saved"):
+        train_offline(good.agent, bad, TRAIN.replace(steps=6), run_dir=tmp_path / "run2", resume=True)
+    restored, _ = load_agent_checkpoint(tmp_path / "run2" / "checkpoint", agent)
+    for a, b in zip(leaves(restored), leaves(good.agent)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(NonFiniteLossError, match="nothing was saved"):
+        train_offline(agent, bad, single)
+
+
+def test_load_transitions_rejects_nan_naming_field_and_row():
+    data = {
+        "observations": np.zeros((5, 3), np.float32),
+        "actions": np.zeros((5, 2), np.float32),
+        "rewards": np.array([0, 0, np.nan, 0, 0], np.float32),
+        "masks": np.ones(5, np.float32),
+        "terminals": np.zeros(5, np.float32),
+        "next_observations": np.zeros((5, 3), np.float32),
+    }
+    with pytest.raises(ValueError, match="rewards holds NaN or inf in 1 rows \\(first at row 2\\)"):
+        load_transitions(data, "demo")
+    data["rewards"][2] = 0
+    assert load_transitions(data, "demo").size == 5
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="eval_every=7 must be a non-negative multiple of steps_per_dispatch=3"):
+        TrainConfig(steps=12, steps_per_dispatch=3, eval_every=7, checkpoint_every=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="eval_flows"):
+        TrainConfig(eval_flows=("actor",))
+
+
+def test_metrics_log_restore_keeps_rows_up_to_step(tmp_path):
+    log = MetricsLog(tmp_path)
+    for step in (3, 6, 9):
+        log.append({"kind": "train", "step": step, "kl": float(step)})
+    log.append({"kind": "eval", "step": 6, "policy/success": 0.5})
+    restored = MetricsLog.restore(tmp_path, 6)
+    assert [r["step"] for r in restored.rows] == [3, 6, 6]
+    assert (tmp_path / "train.csv").read_text().splitlines() == ["step,kl", "3,3.0", "6,6.0"]
