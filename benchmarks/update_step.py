@@ -1,8 +1,10 @@
-"""TRQAM update steps per second, at the paper size and the `small` size.
+"""TRQAM update steps per second, at the paper size and the `small` size (fused and unfused).
 
 Paper size (spec.md §6, performance.md): batch 256, observation 40, action 5 in chunks of 5 (a
 25-dim flow), 4x512 GELU flows, a 10-member 4x512 LayerNorm critic, 10 flow steps. Batches are
-sampled on the device from a synthetic offline table inside the fused `lax.scan`, as in training.
+sampled on the device from a synthetic offline table inside the fused `lax.scan` of
+`flowsoc.rl.train.fused_updates`, as in training; `small-1/dispatch` runs the small update one step
+per call to show what fusing saves.
 Reports steps/s (steady, several steps per dispatch), the first call (trace + compile), the FLOPs
 XLA counts per update, and peak host memory; writes benchmarks/results/update_step.json.
 
@@ -28,6 +30,7 @@ import jax.random as jr
 
 from flowsoc.rl import AgentConfig, TRQAM
 from flowsoc.rl.data import sample_chunks, Transitions
+from flowsoc.rl.train import fused_updates
 
 
 OBS, ACT, ROWS = 40, 5, 100_000
@@ -47,17 +50,19 @@ def synthetic_table(key):
 
 
 def measure(config, batch_size, steps_per_dispatch, dispatches):
+    """Time `flowsoc.rl.train.fused_updates`, the training loop's own dispatch."""
     table = synthetic_table(jr.key(0))
     agent = TRQAM.create(jr.key(1), OBS, ACT, config)
+    seed = jnp.asarray(0, jnp.uint32)
 
     def one_update(agent, key):
         batch = sample_chunks(table, key, batch_size, config.horizon, config.discount)
         return agent.update(batch)
 
-    def fused(agent, key):
-        return jax.lax.scan(one_update, agent, jr.split(key, steps_per_dispatch))
+    def run(agent, key):
+        del key
+        return fused_updates(agent, table, seed, steps_per_dispatch, batch_size)
 
-    run = eqx.filter_jit(fused)
     start = time.perf_counter()
     agent, metrics = jax.block_until_ready(run(agent, jr.key(2)))
     first_call = time.perf_counter() - start
@@ -94,14 +99,16 @@ def main():
     small = AgentConfig.small()
     rows = {
         "paper": measure(paper, 256, 5 if opts.quick else 10, 2 if opts.quick else 3),
-        "small": measure(small, 256, 20 if opts.quick else 50, 2 if opts.quick else 3),
+        "small": measure(small, 128, 50 if opts.quick else 100, 2 if opts.quick else 3),
+        # the same small update dispatched one step at a time: what fusing saves
+        "small-1/dispatch": measure(small, 128, 1, 20 if opts.quick else 50),
     }
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nTRQAM update on {jax.devices()[0]} (float32)")
-    print(f"{'size':<7}{'steps/s':>9}{'ms/step':>9}{'best ms':>9}{'1st call s':>12}{'GFLOP/upd':>11}{'GFLOP/s':>9}")
+    print(f"{'size':<17}{'steps/s':>9}{'ms/step':>9}{'best ms':>9}{'1st call s':>12}{'GFLOP/upd':>11}{'GFLOP/s':>9}")
     for name, r in rows.items():
         print(
-            f"{name:<7}{r['steps_per_s']:>9.2f}{1e3 * r['median_s_per_step']:>9.0f}{1e3 * r['best_s_per_step']:>9.0f}"
+            f"{name:<17}{r['steps_per_s']:>9.2f}{1e3 * r['median_s_per_step']:>9.0f}{1e3 * r['best_s_per_step']:>9.0f}"
             f"{r['first_call_s']:>12.1f}{r['gflop_per_update']:>11.1f}{r['achieved_gflop_per_s']:>9.1f}"
         )
     print(f"peak host memory: {peak_mb:.0f} MB")

@@ -42,14 +42,15 @@ class EvalResult:
         }
 
 
-def make_envs(name: str, num: int) -> list[Any]:
+def make_envs(name: str, num: int, **env_kwargs) -> list[Any]:
     """`num` OGBench evaluation environments for dataset name `name` (e.g.
-    `cube-single-play-singletask-task1-v0`), as OGBench's own `env_only=True` builds them."""
+    `cube-single-play-singletask-task1-v0`), as OGBench's own `env_only=True` builds them
+    (`env_kwargs`, e.g. `max_episode_steps=50`, go to `gymnasium.make`)."""
     import ogbench
 
     if num < 1:
         raise ValueError(f"need at least one environment, got num={num}.")
-    return [ogbench.make_env_and_datasets(name, env_only=True) for _ in range(num)]
+    return [ogbench.make_env_and_datasets(name, env_only=True, **env_kwargs) for _ in range(num)]
 
 
 @eqx.filter_jit

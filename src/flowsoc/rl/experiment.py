@@ -15,7 +15,7 @@ import jax.random as jr
 import numpy as np
 
 from .agents import BAM, QAM, TRQAM
-from .config import AgentConfig
+from .config import AgentConfig, SMALL_NETWORKS
 from .presets import domain_preset
 from .train import load_transitions, ogbench_evaluator, train_offline, TrainConfig, TrainResult
 
@@ -104,7 +104,7 @@ def plan(args: OfflineArgs) -> Plan:
         episode_length = 101
         args = dataclasses.replace(args, steps_per_dispatch=min(args.steps_per_dispatch, 10))
     elif args.preset == "small":
-        settings.update(actor_hidden=(128, 128), critic_hidden=(128, 128), num_critics=2)
+        settings.update(SMALL_NETWORKS)
         defaults = dict(steps=24_000, batch_size=128, eval_every=4_000, eval_episodes=20, episodes=50)
     else:
         defaults = dict(steps=1_000_000, batch_size=256, eval_every=50_000, eval_episodes=50, episodes=None)
@@ -176,7 +176,12 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     p = plan(args)
     print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
     _, train, _ = load_ogbench(
-        p.env, p.data_dir, generate=True, episodes=p.episodes, episode_length=p.episode_length, workers=args.workers
+        p.env,
+        p.data_dir,
+        generate=True,
+        episodes=p.episodes,
+        episode_length=p.episode_length,
+        workers=1 if args.smoke else args.workers,
     )
     data = load_transitions(train, p.env)
     obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
@@ -190,7 +195,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         agent,
         data,
         p.train_config,
-        evaluator=ogbench_evaluator(p.env, p.train_config),
+        evaluator=ogbench_evaluator(p.env, p.train_config, **({"max_episode_steps": 50} if args.smoke else {})),
         run_dir=p.run_dir,
         resume=args.resume,
         info=info,

@@ -279,18 +279,18 @@ def plot_learning_curve(rows: list[dict], path: str | os.PathLike, *, kl_budget:
 Evaluator = Callable[[AbstractFlowAgent, int], dict[str, float]]
 
 
-def ogbench_evaluator(env_name: str, config: TrainConfig) -> Evaluator:
+def ogbench_evaluator(env_name: str, config: TrainConfig, **env_kwargs) -> Evaluator:
     """Evaluate `config.eval_flows` of an agent in OGBench's `env_name` over
-    `config.eval_episodes` episodes (the environments are built once, on first use). Episode
-    seeds and policy keys depend only on `config.seed`, so every evaluation starts from the same
-    initial states."""
+    `config.eval_episodes` episodes (the environments are built once, on first use, with
+    `env_kwargs`). Episode seeds and policy keys depend only on `config.seed`, so every
+    evaluation starts from the same initial states."""
     from .evaluate import agent_policy, evaluate, make_envs
 
     envs: list[Any] = []
 
     def evaluator(agent: AbstractFlowAgent, step: int) -> dict[str, float]:
         if not envs:
-            envs.extend(make_envs(env_name, min(config.eval_envs, config.eval_episodes)))
+            envs.extend(make_envs(env_name, min(config.eval_envs, config.eval_episodes), **env_kwargs))
         out = {}
         for flow in config.eval_flows:
             key = jr.fold_in(jr.key(config.seed + 1), step)
