@@ -441,7 +441,7 @@ def train_offline(
         raise
     bar.close()
     if directory is not None:
-        plot_learning_curve(log.rows, directory / "learning_curve.png", kl_budget=kl_budget, title=str(info or ""))
+        plot_learning_curve(log.rows, directory / "learning_curve.png", kl_budget=kl_budget, title=" · ".join(str(v) for v in (info or {}).values()))
     return TrainResult(agent=agent, rows=log.rows, run_dir=directory)
 
 
