@@ -11,19 +11,24 @@ cores).
     python examples/ogbench_offline.py --help
 """
 
+import os
 import sys
 import warnings
 
-import tyro
 
-from flowsoc.rl.data import DatasetError
-from flowsoc.rl.experiment import OfflineArgs, run_offline
-from flowsoc.rl.train import CheckpointError, NonFiniteLossError
+os.environ.setdefault("MUJOCO_GL", "egl")  # no window system needed: evaluation does not render
+warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
+warnings.filterwarnings("ignore", message=".*DISPLAY.*")
+
+import tyro  # noqa: E402
+
+from flowsoc.rl.data import DatasetError  # noqa: E402
+from flowsoc.rl.experiment import OfflineArgs, run_offline  # noqa: E402
+from flowsoc.rl.train import CheckpointError, NonFiniteLossError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(OfflineArgs, args=argv)
-    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
     try:
         run_offline(args)
     except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError) as err:

@@ -51,6 +51,7 @@ def _quiet_imports() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*DISPLAY.*")
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
 
 
 def _build(cfg: RolloutConfig) -> dict[str, Any]:
