@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 MU = jnp.array([0.5, -1.0])
@@ -10,14 +11,38 @@ COV = jnp.array([[1.0, 0.3], [0.3, 0.5]])
 B = jnp.array([1.0, 0.5])
 
 
+def _rng(key):
+    """A numpy generator seeded from a JAX key."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+
+
+def normal(key, shape):
+    """Standard normal test inputs drawn by numpy from a JAX key: JAX's RNG compiles its kernel
+    anew for every shape (about a second each on 2 CPU cores), numpy costs nothing."""
+    return jnp.asarray(_rng(key).standard_normal(shape))
+
+
 class MLPField(eqx.Module):
     """A small velocity field `field(t, x, args)` on states of shape (..., d) (args: optional
-    conditioning vector, broadcast)."""
+    conditioning vector, broadcast). Equinox's MLP with its default initialisation law
+    (weights and biases uniform on ±1/sqrt(fan_in)), drawn by numpy from `key`."""
 
     mlp: eqx.nn.MLP
 
     def __init__(self, dim, key, cond_dim=0, width=32, depth=2):
-        self.mlp = eqx.nn.MLP(dim + 1 + cond_dim, dim, width, depth, activation=jax.nn.gelu, key=key)
+        shapes = eqx.filter_eval_shape(
+            eqx.nn.MLP, dim + 1 + cond_dim, dim, width, depth, activation=jax.nn.gelu, key=key
+        )
+        rng = _rng(key)
+
+        def draw(layer):
+            bound = 1.0 / np.sqrt(layer.in_features)
+            weight, bias = (
+                jnp.asarray(rng.uniform(-bound, bound, leaf.shape), leaf.dtype) for leaf in (layer.weight, layer.bias)
+            )
+            return eqx.tree_at(lambda lin: (lin.weight, lin.bias), layer, (weight, bias))
+
+        self.mlp = eqx.tree_at(lambda m: m.layers, shapes, tuple(draw(layer) for layer in shapes.layers))
 
     def __call__(self, t, x, args=None):
         parts = [x, jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1] + (1,))]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import jaxtyping
 import pytest
-from tests.helpers import B, COV, MLPField, MU, unchecked
+from tests.helpers import B, COV, MLPField, MU, normal, unchecked
 
 import flowsoc as fs
 from flowsoc import gaussian as G
@@ -18,7 +18,7 @@ BASE = G.GaussianVelocity(MU, COV)
 def _adjoint_error(k, solver=None, t0=0.01):
     ts = fs.uniform_grid(k, t0=t0)
     # The Gaussian's Jacobian does not depend on the state, so any path serves.
-    xs = jr.normal(jr.key(0), (k + 1, 2))
+    xs = normal(jr.key(0), (k + 1, 2))
     adj = fs.lean_adjoint(BASE, xs, ts, -B, shift=0.0, solver=solver)
     exact = jax.vmap(lambda t: G.lean_adjoint_linear(COV, B, t))(ts)
     return jnp.max(jnp.abs(adj - exact)), adj, exact
@@ -43,8 +43,8 @@ def test_lean_adjoint_never_calls_the_fine_tuned_field(getkey):
     adjoint has no gradient with respect to the states."""
     base = MLPField(2, getkey())
     ts = fs.uniform_grid(10)
-    xs = fs.sample_sde(base, jr.normal(getkey(), (3, 2)), ts, getkey())
-    terminal = jr.normal(getkey(), (3, 2))
+    xs = fs.sample_sde(base, normal(getkey(), (3, 2)), ts, getkey())
+    terminal = normal(getkey(), (3, 2))
     grad = jax.grad(lambda x: jnp.sum(fs.lean_adjoint(base, x, ts, terminal)))(xs)
     assert jnp.all(grad == 0)
 

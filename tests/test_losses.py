@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
-from tests.helpers import B, COV, MLPField, MU, reference_sde, unchecked
+from tests.helpers import B, COV, MLPField, MU, normal, reference_sde, unchecked
 
 import flowsoc as fs
 from flowsoc import gaussian as G
@@ -24,21 +24,27 @@ def _paths(field, n, key, lam):
     return xs, ts, adj
 
 
+@eqx.filter_jit
+def _loss_and_grad(field, xs, ts, adj, lam):
+    """The per-path adjoint-matching loss of a Gaussian field and its gradient in the field's
+    parameters, compiled once for every field and λ (λ is an array here)."""
+
+    def loss(f):
+        return fs.adjoint_matching_loss(f, BASE, xs, ts, adj, lam=lam, shift=0.0) / xs.shape[1]
+
+    return jax.value_and_grad(loss)(field)
+
+
 @pytest.mark.parametrize("lam", [0.5, 2.0])
 def test_adjoint_matching_optimum(lam):
     """Loss ≈ 0 at v* = v_base + (1-t) C_t^{-1} Σ b/λ and clearly positive at v_base; the
     gradient with respect to the field's parameters vanishes at v*."""
     optimum = G.GaussianVelocity(*G.tilt_linear(MU, COV, B, lam))
     xs, ts, adj = _paths(optimum, 256, jr.key(0), lam)
-
-    def loss(field):
-        return fs.adjoint_matching_loss(field, BASE, xs, ts, adj, lam=lam, shift=0.0) / xs.shape[1]
-
-    at_optimum, at_base = loss(optimum), loss(BASE)
+    at_optimum, grad_opt = _loss_and_grad(optimum, xs, ts, adj, jnp.asarray(lam))
+    at_base, grad_base = _loss_and_grad(BASE, xs, ts, adj, jnp.asarray(lam))
     assert at_base > 1.0
     assert at_optimum < 1e-3 * at_base, (at_optimum, at_base)
-    grad_opt = jax.grad(loss)(optimum)
-    grad_base = jax.grad(loss)(BASE)
     # Zero up to the O(h) discretisation of the adjoint (h ≈ 1.2e-3 here).
     assert jnp.linalg.norm(grad_opt.mean) < 1e-2 * jnp.linalg.norm(grad_base.mean)
     assert jnp.linalg.norm(grad_opt.cov) < 1e-2 * jnp.linalg.norm(grad_base.mean)
@@ -75,7 +81,7 @@ def test_soc_objective_gradient_equals_scan_backprop(getkey):
     plain Euler-Maruyama scan with the same noise."""
     dim, k, lam = 2, 10, 0.5
     field, base = MLPField(dim, getkey()), MLPField(dim, getkey())
-    x0, key = jr.normal(getkey(), (4, dim)), getkey()
+    x0, key = normal(getkey(), (4, dim)), getkey()
     ts = fs.uniform_grid(k)
     reward = lambda x, args: jnp.sum(jnp.sin(x))
     normals = fs.GridBrownianPath(ts[:-1], key, x0.shape).normals
@@ -87,10 +93,13 @@ def test_soc_objective_gradient_equals_scan_backprop(getkey):
         kl = jnp.sum(2 * jnp.diff(ts) / fs.shifted_sigma(ts[:-1], 1.0 / k) ** 2 * jnp.sum(gaps**2, axis=(1, 2)))
         return lam * kl - reward(xs[-1], None)
 
-    value = fs.soc_objective(field, base, x0, ts, key, reward, lam=lam)
-    assert jnp.allclose(value, reference_full(field), rtol=1e-12)
-    grad = eqx.filter_grad(lambda f: fs.soc_objective(f, base, x0, ts, key, reward, lam=lam))(field)
-    grad_ref = eqx.filter_grad(reference_full)(field)
+    def objective(f):
+        return fs.soc_objective(f, base, x0, ts, key, reward, lam=lam)
+
+    # Each side compiled whole: eagerly, the two backward passes compile ~200 small kernels.
+    value, grad = eqx.filter_jit(eqx.filter_value_and_grad(objective))(field)
+    value_ref, grad_ref = eqx.filter_jit(eqx.filter_value_and_grad(reference_full))(field)
+    assert jnp.allclose(value, value_ref, rtol=1e-12)
     for a, b in zip(
         jax.tree.leaves(eqx.filter(grad, eqx.is_array)), jax.tree.leaves(eqx.filter(grad_ref, eqx.is_array))
     ):

@@ -39,10 +39,10 @@ from flowsoc.rl.data import (
 # --------------------------------------------------------------------------------------
 
 
-def _ogbench_relabelled(path, name):
-    """OGBench's own single-task relabelling of the raw file, done by hand."""
+def _ogbench_relabelled(path, name, env):
+    """OGBench's own single-task relabelling of the raw file, done by hand (`env`: the single-task
+    environment, made once for the training and validation files as OGBench does)."""
     parsed_env = name.replace("-play", "").replace("-navigate", "")
-    env = gymnasium.make(parsed_env)
     data = ogbench.load_dataset(str(path), add_info=True)
     relabel_dataset(parsed_env, env, data)
     return data
@@ -60,8 +60,9 @@ def _ogbench_relabelled(path, name):
 )
 def test_singletask_rewards_equal_ogbench_relabelling(data_root, stem, name):
     _, train, val = load_ogbench(name, data_root, sparse=False, action_clip_eps=None)
+    env = gymnasium.make(name.replace("-play", "").replace("-navigate", ""))
     for data, path in ((train, data_root / f"{stem}.npz"), (val, data_root / f"{stem}-val.npz")):
-        ref = _ogbench_relabelled(path, name)
+        ref = _ogbench_relabelled(path, name, env)
         np.testing.assert_array_equal(data["rewards"], ref["rewards"])
         np.testing.assert_array_equal(data["masks"], ref["masks"])
         np.testing.assert_array_equal(data["observations"], ref["observations"])
