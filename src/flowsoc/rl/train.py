@@ -116,7 +116,8 @@ def fused_updates(
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _meta(agent: AbstractFlowAgent, config: TrainConfig, info: dict) -> dict:
+def _meta(agent: AbstractFlowAgent, config: Any, info: dict) -> dict:
+    """Checkpoint metadata; `config` is the loop's config (`TrainConfig` or `OnlineConfig`)."""
     return {
         "agent": type(agent).__name__,
         "agent_config": dataclasses.asdict(agent.config),
@@ -231,9 +232,17 @@ class MetricsLog:
         atomic_write(self.directory / f"{kind}.csv", write)
 
 
-def plot_learning_curve(rows: list[dict], path: str | os.PathLike, *, kl_budget: float | None = None, title: str = ""):
-    """Success rate (per evaluated flow), path KL per action step (with the budget) and λ against
-    training steps, to a PNG at `path`."""
+def plot_learning_curve(
+    rows: list[dict],
+    path: str | os.PathLike,
+    *,
+    kl_budget: float | None = None,
+    title: str = "",
+    phase_boundary: int | None = None,
+):
+    """Success rate (per evaluated flow, and of the online episodes when there are any), path KL
+    per action step (with the budget) and λ against training steps, to a PNG at `path`.
+    `phase_boundary`: the step where the online phase starts, marked on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,8 +256,18 @@ def plot_learning_curve(rows: list[dict], path: str | os.PathLike, *, kl_budget:
     for flow in flows:
         ax.plot([r["step"] for r in evals], [100 * r[f"{flow}/success"] for r in evals], "o-", label=flow)
     ax.set(xlabel="update step", ylabel="success rate (%)", title="evaluation", ylim=(-3, 103))
-    if flows:
+    online = [r for r in train if "online/success" in r]
+    if online:
+        ax.plot(
+            [r["step"] for r in online],
+            [100 * r["online/success"] for r in online],
+            lw=1,
+            alpha=0.7,
+            label="online episodes",
+        )
+    if flows or online:
         ax.legend()
+    train = [r for r in train if "kl" in r]  # blocks without updates (online warm-up) have no losses
     steps = [r["step"] for r in train]
     ax = axes[1]
     if train:
@@ -262,6 +281,12 @@ def plot_learning_curve(rows: list[dict], path: str | os.PathLike, *, kl_budget:
         ax.plot(steps, [r["lam"] for r in train])
         ax.set_yscale("log")
     ax.set(xlabel="update step", ylabel="λ inside σ", title="trust-region λ")
+    if phase_boundary is not None:
+        for ax in axes:
+            ax.axvline(phase_boundary, color="grey", ls=":", lw=1.2)
+        axes[0].annotate(
+            " online →", (phase_boundary, 0.97), xycoords=("data", "axes fraction"), va="top", fontsize=8, color="grey"
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -306,6 +331,7 @@ class TrainResult:
     agent: AbstractFlowAgent
     rows: list[dict]
     run_dir: pathlib.Path | None
+    buffer: ReplayBuffer | None = None  # the online phase's replay buffer (offline data + online transitions)
 
     @property
     def evals(self) -> list[dict]:
@@ -323,6 +349,36 @@ def _first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, list[str]] |
         return None
     first = min(int(v[0]) for v in bad.values())
     return first, sorted(k for k, v in bad.items() if int(v[0]) == first)
+
+
+def finish_block(dispatch: Callable[[], tuple[Any, dict]], step: int, n: int):
+    """Run `dispatch()` (a fused block of `n` updates after update `step`, possibly already
+    dispatched asynchronously) to completion. Returns `(new_agent, metrics as numpy, problem)`,
+    where `problem` describes the first non-finite value (or a NaN check inside the core that
+    fired) and is `None` when the block is clean."""
+    try:
+        new, metrics = dispatch()
+        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    except eqx.EquinoxRuntimeError as err:  # a check inside the core saw NaN/inf states
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "NaN" in line or "infinite" in line), lines[0] if lines else "")
+        return None, None, f"values within update steps {step + 1}-{step + n} ({reason})"
+    bad = _first_non_finite(metrics)
+    what = None if bad is None else f"{', '.join(bad[1])} at update step {step + bad[0] + 1}"
+    return new, metrics, what
+
+
+def raise_non_finite(what: str, step: int, ckpt_dir: pathlib.Path | None):
+    """Raise `NonFiniteLossError` for `what`, saying where the last good state (update `step`) is."""
+    where = (
+        f"the last good state (step {step}) is saved in {ckpt_dir}"
+        if ckpt_dir is not None
+        else "no run directory was given, so nothing was saved"
+    )
+    raise NonFiniteLossError(
+        f"non-finite {what}; training stopped and {where}. "
+        "Check the data for NaN/inf, or lower learning_rate / enable grad_clip, then resume."
+    )
 
 
 def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
@@ -402,28 +458,10 @@ def train_offline(
             run_eval(agent, 0)
         while step < config.steps:
             n = config.steps_per_dispatch
-            try:
-                new, metrics = fused_updates(agent, data, seed, n, config.batch_size)
-                metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-                bad = _first_non_finite(metrics)
-                what = None if bad is None else f"{', '.join(bad[1])} at update step {step + bad[0] + 1}"
-            except eqx.EquinoxRuntimeError as err:  # a check inside the core saw NaN/inf states
-                lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-                reason = next(
-                    (line for line in lines if "NaN" in line or "infinite" in line), lines[0] if lines else ""
-                )
-                what = f"values within update steps {step + 1}-{step + n} ({reason})"
+            new, metrics, what = finish_block(lambda: fused_updates(agent, data, seed, n, config.batch_size), step, n)
             if what is not None:
                 checkpoint(agent)
-                where = (
-                    f"the last good state (step {step}) is saved in {ckpt_dir}"
-                    if ckpt_dir is not None
-                    else "no run directory was given, so nothing was saved"
-                )
-                raise NonFiniteLossError(
-                    f"non-finite {what}; training stopped and {where}. "
-                    "Check the data for NaN/inf, or lower learning_rate / enable grad_clip, then resume."
-                )
+                raise_non_finite(what, step, ckpt_dir)
             agent, step = new, step + n
             row = {"kind": "train", "step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
             log.append(row)
@@ -441,7 +479,12 @@ def train_offline(
         raise
     bar.close()
     if directory is not None:
-        plot_learning_curve(log.rows, directory / "learning_curve.png", kl_budget=kl_budget, title=" · ".join(str(v) for v in (info or {}).values()))
+        plot_learning_curve(
+            log.rows,
+            directory / "learning_curve.png",
+            kl_budget=kl_budget,
+            title=" · ".join(str(v) for v in (info or {}).values()),
+        )
     return TrainResult(agent=agent, rows=log.rows, run_dir=directory)
 
 
