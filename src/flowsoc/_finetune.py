@@ -38,28 +38,48 @@ Reward = Callable[[Array, Any], Array]
 class FinetuneConfig:
     """Hyperparameters of [`flowsoc.finetune`][]. Either `lam` (fixed λ: plain adjoint matching
     towards $p_{\\rm base}e^{r/\\lambda}$) or `kl_budget` (trust region: λ adapted so that the path KL
-    to the base sits at the budget). Presets: [`FinetuneConfig.fixed`][], [`FinetuneConfig.trust_region`][].
+    to the base sits at the budget). Presets: [`FinetuneConfig.fixed`][flowsoc.FinetuneConfig.fixed],
+    [`FinetuneConfig.trust_region`][flowsoc.FinetuneConfig.trust_region].
     """
 
     num_steps: int = 2000
+    """Fine-tuning steps."""
     batch_size: int = 256
+    """Paths sampled per step."""
     num_flow_steps: int = 20
-    shift: float | None = None  # None: the reference codes' choice, the grid step
+    """Steps of the uniform grid from 0 to 1 on which the SDE and the lean adjoint are solved."""
+    shift: float | None = None
+    """The schedule shift $s$; `None` is the reference codes' choice, the grid step."""
     learning_rate: float = 1e-3
-    grad_clip: float | None = 1.0  # global-norm clip; None switches it off
-    lam: float | None = 1.0  # fixed λ (used when kl_budget is None)
-    kl_budget: float | None = None  # trust region ε on the path KL
+    """Adam's learning rate."""
+    grad_clip: float | None = 1.0
+    """Global-norm gradient clip; `None` switches it off."""
+    lam: float | None = 1.0
+    """The fixed λ, used when `kl_budget` is `None`."""
+    kl_budget: float | None = None
+    """The trust-region budget ε on the path KL (mean over paths); `None` for a fixed λ."""
     dual_step_size: float = 0.01
+    """Step size η of the dual update on λ."""
     dual_ema: float = 0.1
+    """Rate ρ of the running KL average."""
     dual_clip_coef: float = 2.0
+    """The KL estimate is clipped at `dual_clip_coef * kl_budget` before averaging."""
     lam_min: float = 0.01
+    """Lower end of the projection interval of λ."""
     lam_max: float = 100.0
+    """Upper end of the projection interval of λ."""
     lam_init: float = 1.0
-    lam_scale: float = 3.0  # the fixed multiplier inside σ of the official TRQAM code
+    """The initial λ of the trust region."""
+    lam_scale: float = 3.0
+    """The fixed multiplier inside σ of the official TRQAM code: σ = g/√(`lam_scale` · λ)."""
     dual_log_space: bool = False
+    """Take relative dual steps in log λ (see [`flowsoc.DualDescent`][])."""
     steps_per_dispatch: int = 100
-    checkpoint_every: int = 1000  # steps; rounded up to whole dispatches
+    """Steps fused by `lax.scan` into one compiled call."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints, rounded up to whole dispatches."""
     seed: int = 0
+    """Seed of the run's random key."""
 
     def __post_init__(self):
         for name in ("num_steps", "batch_size", "num_flow_steps", "steps_per_dispatch", "checkpoint_every"):

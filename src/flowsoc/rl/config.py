@@ -16,31 +16,59 @@ class AgentConfig:
     Defaults are the official TRQAM/QAM codes' (spec.md §6); `small()` is a CPU-sized preset.
     """
 
-    horizon: int = 5  # action chunk length H (5 manipulation, 1 navigation)
+    horizon: int = 5
+    """Action chunk length $H$ (5 for manipulation, 1 for navigation); the flows and the critic act on flattened chunks
+    of $H$ actions."""
     discount: float = 0.99
+    r"""γ of the chunked TD target, applied as $\gamma^H$ per chunk."""
     actor_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Hidden widths of the behaviour and policy flows."""
     critic_hidden: tuple[int, ...] = (512, 512, 512, 512)
+    """Hidden widths of each critic member."""
     actor_layer_norm: bool = False
+    """LayerNorm in the flows' hidden layers (on for the largest domains)."""
     critic_layer_norm: bool = True
+    """LayerNorm in the critic's hidden layers."""
     num_critics: int = 10
-    pessimism: float = 0.5  # ρ in the target mean - ρ std
+    """Size $K$ of the critic ensemble."""
+    pessimism: float = 0.5
+    r"""ρ in the target value $\mathrm{mean}_k - \rho\,\mathrm{std}_k$ of the target ensemble."""
     flow_steps: int = 10
+    """Euler steps of the SDE, the lean adjoint and the ODE sampler (at least 2: the last step is a noiseless base
+    step)."""
     learning_rate: float = 3e-4
-    grad_clip: float | None = 1.0  # global norm over all parameters; None: off
-    target_ema: float = 0.005  # critic target and base flow (EMA of the behaviour flow)
-    inv_temp: float = 1.0  # QAM and BAM: τ, fixed λ = 1/τ
-    kl_budget: float = 1.0  # TRQAM: ε per action step of the chunk
+    """Adam's learning rate (one optimiser over the critic and both flows)."""
+    grad_clip: float | None = 1.0
+    """Global-norm clip over all parameters; `None` switches it off."""
+    target_ema: float = 0.005
+    """Polyak rate of the target critic and of the base flow (the EMA of the behaviour flow)."""
+    inv_temp: float = 1.0
+    """QAM and BAM: the inverse temperature τ; λ = 1/τ."""
+    kl_budget: float = 1.0
+    """TRQAM: the budget ε on the path KL per action step of the chunk."""
     dual_step_size: float = 0.01
+    """TRQAM: the step size η of the dual update on λ."""
     dual_ema: float = 0.1
+    """TRQAM: the rate ρ of the running KL average."""
     dual_clip_coef: float = 2.0
+    """TRQAM: the KL estimate is clipped at `dual_clip_coef * kl_budget` before averaging."""
     lam_min: float = 0.01
+    """TRQAM: lower end of the projection interval of λ."""
     lam_max: float = 100.0
+    """TRQAM: upper end of the projection interval of λ."""
     lam_init: float = 1.0
-    lam_scale: float = 3.0  # TRQAM's fixed multiplier inside σ
-    dual_log_space: bool = False  # relative steps in log λ (see DualDescent)
-    dual_update: bool = True  # TRQAM: switch the dual step off to keep λ fixed
-    clip_adjoint_action: bool = True  # boundary gradient at clip(a, -1, 1), as the reference
-    bam_running_cost_scale: float | None = None  # BAM: None is QAM's 1/h (running cost summed without h)
+    """TRQAM: the initial λ."""
+    lam_scale: float = 3.0
+    """TRQAM: the fixed multiplier inside σ, σ = g/√(`lam_scale` · λ)."""
+    dual_log_space: bool = False
+    """TRQAM: take relative dual steps in log λ (see [`flowsoc.DualDescent`][])."""
+    dual_update: bool = True
+    """TRQAM: `False` switches the dual step off, keeping λ at `lam_init`."""
+    clip_adjoint_action: bool = True
+    """Take the adjoint boundary gradient (and BAM's reward) at `clip(a, -1, 1)`, as the reference codes do."""
+    bam_running_cost_scale: float | None = None
+    """BAM: the factor $c$ on the running cost λ·c·KL; `None` is QAM's $1/h$ (`flow_steps`), the running cost summed
+    without the step size."""
 
     def __post_init__(self):
         ints = ("horizon", "num_critics", "flow_steps")

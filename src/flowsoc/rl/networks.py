@@ -49,8 +49,9 @@ class MLP(eqx.Module):
     (LayerNorm only with `layer_norm=True`), then a final linear layer $W_L h + b_L$.
 
     GELU is the tanh approximation; LayerNorm has a learned scale and offset and Equinox's default
-    eps (1e-5). Kernels are Glorot-uniform, $\mathcal U(\pm\sqrt{6/(\text{fan\_in}+\text{fan\_out})})$,
-    and biases start at zero (the reference initialisation).
+    eps (1e-5). Kernels are Glorot-uniform, $\mathcal U(\pm\sqrt{6/(n_{\rm in}+n_{\rm out})})$ for a layer
+    of input width $n_{\rm in}$ and output width $n_{\rm out}$, and biases start at zero (the reference
+    initialisation).
     """
 
     layers: tuple[eqx.nn.Linear, ...]
