@@ -1,8 +1,11 @@
-"""One offline experiment end to end: data (generated locally if absent), agent from a preset,
-training with evaluation, a results table and the learning-curve figure.
+"""Experiments end to end: data (generated locally if absent), agent from a preset, training with
+evaluation, a results table and the learning-curve figure; offline, and offline-to-online.
 
-`examples/ogbench_offline.py` is the command-line face of [`run_offline`][]; its flags are the
-fields of [`OfflineArgs`][].
+`examples/ogbench_offline.py` is the command-line face of
+[`run_offline`][flowsoc.rl.experiment.run_offline] (flags: the fields of
+[`OfflineArgs`][flowsoc.rl.experiment.OfflineArgs]); `examples/ogbench_offline_to_online.py` that of
+[`run_offline_to_online`][flowsoc.rl.experiment.run_offline_to_online] (flags:
+[`OfflineToOnlineArgs`][flowsoc.rl.experiment.OfflineToOnlineArgs]).
 """
 
 import dataclasses
@@ -16,6 +19,8 @@ import numpy as np
 
 from .agents import BAM, QAM, TRQAM
 from .config import AgentConfig, SMALL_NETWORKS
+from .envs import OGBenchEnvFactory
+from .online import latest_online_checkpoint, OnlineConfig, train_online
 from .presets import domain_preset
 from .train import load_transitions, ogbench_evaluator, train_offline, TrainConfig, TrainResult
 
@@ -168,13 +173,9 @@ def results_table(result: TrainResult, agent_name: str) -> str:
     return "\n".join(lines)
 
 
-def run_offline(args: OfflineArgs) -> TrainResult:
-    """Load (or generate) the data, build the agent, train with evaluation, print the table, and
-    write `summary.json` and `learning_curve.png` into the run directory."""
+def _load_data(p: Plan, args: OfflineArgs):
     from .data import load_ogbench
 
-    p = plan(args)
-    print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
     _, train, _ = load_ogbench(
         p.env,
         p.data_dir,
@@ -189,13 +190,26 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         f"data: {data.size} transitions, observation {obs_dim}, action {action_dim} "
         f"(chunks of {p.agent_config.horizon}); run directory {p.run_dir}"
     )
-    agent = p.agent_cls.create(jr.key(args.seed), obs_dim, action_dim, p.agent_config)
+    return data
+
+
+def _eval_env_kwargs(args: OfflineArgs) -> dict:
+    return {"max_episode_steps": 50} if args.smoke else {}
+
+
+def run_offline(args: OfflineArgs) -> TrainResult:
+    """Load (or generate) the data, build the agent, train with evaluation, print the table, and
+    write `summary.json` and `learning_curve.png` into the run directory."""
+    p = plan(args)
+    print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
+    data = _load_data(p, args)
+    agent = p.agent_cls.create(jr.key(args.seed), data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
     info = {"env": p.env, "agent": args.agent, "preset": "smoke" if args.smoke else args.preset}
     result = train_offline(
         agent,
         data,
         p.train_config,
-        evaluator=ogbench_evaluator(p.env, p.train_config, **({"max_episode_steps": 50} if args.smoke else {})),
+        evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
         run_dir=p.run_dir,
         resume=args.resume,
         info=info,
@@ -210,6 +224,166 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         "final_lam": result.train[-1]["lam"] if result.train else None,
         "agent_config": dataclasses.asdict(p.agent_config),
         "train_config": dataclasses.asdict(p.train_config),
+    }
+    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (p.run_dir / "results.txt").write_text(table + "\n")
+    print(f"figure: {p.run_dir / 'learning_curve.png'}")
+    return result
+
+
+# ---------------------------------------------------------------------------------- offline to online
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineToOnlineArgs(OfflineArgs):
+    """Train a flow agent offline on an OGBench single-task dataset, then keep training it online while
+    it acts in the environment (replay = offline data + online transitions), evaluating throughout.
+
+    With no flags: the embedded default, the small cube-single dataset and preset, a short offline
+    phase then a short online phase (about 10 minutes on 2 CPU cores). `--preset paper`: 1M offline
+    + 500K online steps with the official settings.
+    """
+
+    steps: int | None = None
+    """Offline update steps (default: 1,000,000 for paper, 10,000 for small)."""
+    eval_every: int | None = None
+    """Steps between evaluations, in both phases (default: 50,000 for paper, 5,000 for small)."""
+    bc: bool = False
+    """Also evaluate the behaviour (BC) flow (it keeps training on the mixed buffer online)."""
+    online_steps: int | None = None
+    """Environment steps of the online phase (default: 500,000 for paper, 10,000 for small)."""
+    start_training: int | None = None
+    """Online environment steps collected before the first online update (default: 5,000 for paper,
+    1,000 for small)."""
+    utd: int = 1
+    """Updates per online environment step."""
+    online_kl_budget: float | None = None
+    """TRQAM: a separate KL budget for the online phase (default: keep the offline one)."""
+    num_envs: int = 1
+    """Environments acting together online (one batched policy call per chunk)."""
+    env_workers: bool = False
+    """Step each online environment in its own process."""
+    online_steps_per_dispatch: int = 100
+    """Online environment steps between update dispatches (utd x this updates are fused)."""
+
+
+def plan_online(args: OfflineToOnlineArgs) -> tuple[Plan, OnlineConfig, OGBenchEnvFactory]:
+    """The offline `Plan`, the `OnlineConfig` and the environment factory `args` resolve to."""
+    if args.smoke:
+        defaults = dict(steps=20, eval_every=20, online_steps=40, start_training=20, per_dispatch=10)
+    elif args.preset == "small":
+        defaults = dict(steps=10_000, eval_every=5_000, online_steps=10_000, start_training=1_000, per_dispatch=None)
+    else:
+        defaults = dict(
+            steps=1_000_000, eval_every=50_000, online_steps=500_000, start_training=5_000, per_dispatch=None
+        )
+    offline_args = dataclasses.replace(
+        args,
+        steps=defaults["steps"] if args.steps is None else args.steps,
+        eval_every=defaults["eval_every"] if args.eval_every is None else args.eval_every,
+        run_dir=args.run_dir
+        or f"runs/{args.env}-{args.agent}-{'smoke' if args.smoke else args.preset}-o2o-seed{args.seed}",
+    )
+    p = plan(offline_args)
+    t = p.train_config
+    per_dispatch = defaults["per_dispatch"] or args.online_steps_per_dispatch
+    online = OnlineConfig(
+        steps=defaults["online_steps"] if args.online_steps is None else args.online_steps,
+        start_training=defaults["start_training"] if args.start_training is None else args.start_training,
+        utd=args.utd,
+        steps_per_dispatch=per_dispatch,
+        batch_size=t.batch_size,
+        num_envs=args.num_envs,
+        env_workers=args.env_workers,
+        kl_budget=args.online_kl_budget,
+        sparse_rewards=domain_preset(args.env).sparse,
+        eval_every=t.eval_every,
+        eval_episodes=t.eval_episodes,
+        eval_envs=t.eval_envs,
+        eval_flows=t.eval_flows,
+        checkpoint_every=t.checkpoint_every,
+        seed=args.seed,
+        progress=args.progress,
+    )
+    factory = OGBenchEnvFactory(args.env, tuple(_eval_env_kwargs(args).items()))
+    return p, online, factory
+
+
+def online_results_table(result: TrainResult, agent_name: str, offline_steps: int) -> str:
+    """Per evaluated flow: success at the start, at the end of the offline phase (before online), at
+    the end of the online phase, and the best online evaluation."""
+    evals = result.evals
+    before = [r for r in evals if r["step"] <= offline_steps]
+    after = [r for r in evals if r["step"] > offline_steps]
+    if not before or not after:
+        return results_table(result, agent_name)
+    names = {"policy": agent_name.upper(), "behaviour": "BC (behaviour flow)", "base": "base (EMA of BC)"}
+    flows = [k[: -len("/success")] for k in evals[-1] if k.endswith("/success")]
+    lines = [f"{'method':<22}{'start':>9}{'offline':>9}{'online':>9}{'best online':>13}"]
+    for flow in flows:
+        key = f"{flow}/success"
+        best = max(r[key] for r in after)
+        lines.append(
+            f"{names.get(flow, flow):<22}{100 * before[0][key]:>8.0f}%{100 * before[-1][key]:>8.0f}%"
+            f"{100 * after[-1][key]:>8.0f}%{100 * best:>12.0f}%"
+        )
+    lines.append(
+        f"(success rate over the evaluation episodes; offline = step {before[-1]['step']}, end of the offline "
+        f"phase; online = step {after[-1]['step']}, after {after[-1]['step'] - offline_steps} environment steps)"
+    )
+    return "\n".join(lines)
+
+
+def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
+    """The offline phase (skipped when `--resume` finds it complete), then the online phase; prints
+    the before/after table and writes `summary.json`, `results.txt` and `learning_curve.png`."""
+    p, online, factory = plan_online(args)
+    mode = "smoke" if args.smoke else args.preset
+    print(f"flowsoc offline-to-online: {p.env}, {p.agent_cls.__name__}, {mode} preset")
+    data = _load_data(p, args)
+    agent = p.agent_cls.create(jr.key(args.seed), data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
+    info = {"env": p.env, "agent": args.agent, "preset": mode, "protocol": "offline-to-online"}
+    resume_online = args.resume and latest_online_checkpoint(p.run_dir) is not None
+    if resume_online:
+        offline_agent = agent
+    else:
+        print(f"offline phase: {p.train_config.steps} updates")
+        offline_agent = train_offline(
+            agent,
+            data,
+            p.train_config,
+            evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
+            run_dir=p.run_dir,
+            resume=args.resume and (p.run_dir / "checkpoint" / "meta.json").exists(),
+            info=info,
+        ).agent
+    print(f"online phase: {online.steps} environment steps, updates from step {online.start_training}")
+    result = train_online(
+        offline_agent,
+        data,
+        online,
+        factory,
+        evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
+        run_dir=p.run_dir,
+        resume=resume_online,
+        info=info,
+    )
+    offline_steps = p.train_config.steps
+    table = online_results_table(result, args.agent, offline_steps)
+    print(table)
+    online_rows = [r for r in result.train if r.get("phase") == "online"]
+    summary = {
+        **info,
+        "offline_steps": offline_steps,
+        "online_steps": online.steps,
+        "updates": int(result.agent.step),
+        "evals": result.evals,
+        "online_episodes": online_rows[-1].get("online/episodes") if online_rows else 0,
+        "final_kl": next((r["kl"] for r in reversed(result.train) if "kl" in r), None),
+        "final_lam": next((r["lam"] for r in reversed(result.train) if "lam" in r), None),
+        "agent_config": dataclasses.asdict(result.agent.config),
+        "train_config": dataclasses.asdict(p.train_config),
+        "online_config": dataclasses.asdict(online),
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (p.run_dir / "results.txt").write_text(table + "\n")

@@ -70,24 +70,43 @@ class OnlineConfig:
     """
 
     steps: int = 500_000
+    """Environment steps of the phase (transitions collected, all environments together)."""
     start_training: int = 5_000
-    utd: int = 1  # updates per environment step
-    steps_per_dispatch: int = 100  # environment steps per block; utd * this updates fused per dispatch
+    """Environment steps collected before the first online update."""
+    utd: int = 1
+    """Updates per environment step."""
+    steps_per_dispatch: int = 100
+    """Environment steps per block; the block's `utd * steps_per_dispatch` updates run as one scan."""
     batch_size: int = 256
-    num_envs: int = 1  # environments acting together (one batched policy call per chunk)
-    env_workers: bool = False  # step each environment in its own process
-    overlap: bool = True  # run a block's updates while the environments step
-    kl_budget: float | None = None  # TRQAM: a budget for this phase (None: keep the offline one)
-    buffer_capacity: int | None = None  # replay rows; None: offline size + steps (more lets a run be extended)
-    sparse_rewards: bool = False  # the offline sparse-reward rule (puzzle, scene)
+    """Chunks per update, drawn uniformly from the whole buffer."""
+    num_envs: int = 1
+    """Environments acting together (one batched policy call per chunk)."""
+    env_workers: bool = False
+    """Step each environment in its own process."""
+    overlap: bool = True
+    """Run a block's updates while the environments step with the policy from the block's start."""
+    kl_budget: float | None = None
+    """TRQAM: the budget of this phase (`None`: keep the offline one). λ carries over either way."""
+    buffer_capacity: int | None = None
+    """Replay rows; `None`: offline size + `steps`. More lets a resumed run be extended to more steps."""
+    sparse_rewards: bool = False
+    """Apply the offline sparse-reward rule to online rewards (puzzle, scene)."""
     eval_every: int = 50_000
+    """Environment steps between evaluations; 0: only at the end."""
     eval_episodes: int = 50
+    """Episodes per evaluation."""
     eval_envs: int = 10
-    eval_at_start: bool = True  # evaluate at the phase start unless the offline phase just did
+    """Evaluation environments stepped in lockstep."""
+    eval_at_start: bool = True
+    """Evaluate at the phase start, unless the offline phase just did at that step."""
     eval_flows: tuple[str, ...] = ("policy",)
-    checkpoint_every: int = 50_000  # 0: only at the end
+    """Flows to evaluate: `"policy"`, `"behaviour"`, `"base"`."""
+    checkpoint_every: int = 50_000
+    """Environment steps between checkpoints; 0: only at the end (and on Ctrl-C)."""
     seed: int = 0
+    """Seed of the batches, the acting noise, the episode resets and the evaluation."""
     progress: bool = True
+    """Show a progress bar."""
 
     def __post_init__(self):
         for name in ("steps", "utd", "steps_per_dispatch", "batch_size", "num_envs", "eval_episodes", "eval_envs"):

@@ -46,16 +46,27 @@ class TrainConfig:
     """
 
     steps: int = 1_000_000
+    """Update steps (counted by `agent.step`)."""
     batch_size: int = 256
+    """Chunks per update."""
     steps_per_dispatch: int = 100
-    eval_every: int = 50_000  # 0: no evaluation during training
+    """Updates fused into one compiled `lax.scan`."""
+    eval_every: int = 50_000
+    """Steps between evaluations; 0: no evaluation during training."""
     eval_episodes: int = 50
-    eval_envs: int = 10  # environments stepped in lockstep (one batched policy call per chunk)
+    """Episodes per evaluation."""
+    eval_envs: int = 10
+    """Environments stepped in lockstep (one batched policy call per chunk)."""
     eval_at_start: bool = True
-    eval_flows: tuple[str, ...] = ("policy",)  # add "behaviour" to report the BC flow
-    checkpoint_every: int = 50_000  # 0: only at the end
-    seed: int = 0  # batches and evaluation (the agent's own key comes from `create`)
+    """Evaluate the untrained agent at step 0."""
+    eval_flows: tuple[str, ...] = ("policy",)
+    """Flows to evaluate: `"policy"`, `"behaviour"` (the BC flow), `"base"` (its EMA)."""
+    checkpoint_every: int = 50_000
+    """Steps between checkpoints; 0: only at the end (and on Ctrl-C)."""
+    seed: int = 0
+    """Seed of the batches and the evaluation (the agent's own key comes from `create`)."""
     progress: bool = True
+    """Show a progress bar."""
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "steps_per_dispatch", "eval_episodes", "eval_envs")
