@@ -1,6 +1,6 @@
-"""The offline experiment: presets resolve as documented, and `examples/ogbench_offline.py` runs
-end to end in smoke mode (generated data, training, evaluation, table, figure) and refuses to
-overwrite a run."""
+"""The experiments: presets resolve as documented; `examples/ogbench_offline.py` runs end to end in
+smoke mode (generated data, training, evaluation, table, figure) and refuses to overwrite a run;
+`examples/ogbench_offline_to_online.py` runs both phases in smoke mode."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from flowsoc.rl import AgentConfig, QAM, TRQAM
-from flowsoc.rl.experiment import OfflineArgs, plan
+from flowsoc.rl.experiment import OfflineArgs, OfflineToOnlineArgs, plan, plan_online
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -62,3 +62,51 @@ def test_example_smoke_mode(tmp_path):
     # the same command again refuses to overwrite the run (resume itself: tests/rl/test_train.py)
     again = run_example(tmp_path, "--run-dir", "run")
     assert again.returncode == 1 and "--resume" in again.stderr
+
+
+def test_plan_offline_to_online():
+    paper, online, factory = plan_online(
+        OfflineToOnlineArgs(env="puzzle-3x3-play-singletask-task1-v0", preset="paper", run_dir="r")
+    )
+    assert paper.train_config.steps == 1_000_000 and online.steps == 500_000
+    assert online.start_training == 5_000 and online.utd == 1 and online.batch_size == 256
+    assert online.eval_every == 50_000 and online.eval_episodes == 50
+    assert online.sparse_rewards and online.kl_budget is None  # puzzle: sparse, as offline
+    assert factory.name == "puzzle-3x3-play-singletask-task1-v0" and factory.env_kwargs == ()
+    small, online, _ = plan_online(OfflineToOnlineArgs(online_kl_budget=0.5, num_envs=4, env_workers=True))
+    assert small.train_config.steps == 10_000 and online.steps == 10_000 and online.start_training == 1_000
+    assert not online.sparse_rewards and online.kl_budget == 0.5 and online.num_envs == 4 and online.env_workers
+    assert small.train_config.eval_flows == ("policy",)
+    assert small.run_dir == pathlib.Path("runs/cube-single-play-singletask-task1-v0-trqam-small-o2o-seed0")
+    with pytest.raises(ValueError, match="multiple of num_envs"):
+        plan_online(OfflineToOnlineArgs(num_envs=3))
+
+
+def test_offline_to_online_example_smoke_mode(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "MUJOCO_GL": "egl"}
+    script = ROOT / "examples" / "ogbench_offline_to_online.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--no-progress", "--run-dir", "run"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[header].split() == ["method", "start", "offline", "online", "best", "online"]
+    row = lines[header + 1].split()
+    assert row[0] == "TRQAM" and all(cell.endswith("%") for cell in row[1:])
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    # 20 offline updates, then 40 environment steps with updates from step 20: 20 more.
+    assert summary["offline_steps"] == 20 and summary["online_steps"] == 40 and summary["updates"] == 40
+    assert [e["step"] for e in summary["evals"]] == [0, 20, 40, 60]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    online = [r for r in rows if r.get("phase") == "online" and r["kind"] == "train"]
+    assert [r["env_step"] for r in online] == [10, 20, 30, 40]
+    assert [r["buffer_size"] for r in online] == [300 + 10 * i for i in range(1, 5)]  # 3 episodes of 100
+    assert (run / "online" / "LATEST").read_text() == "ckpt-0000000040"
+    assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
