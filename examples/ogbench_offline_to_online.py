@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(OfflineToOnlineArgs, args=argv)
     try:
         run_offline_to_online(args)
-    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError) as err:
+    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -10,10 +10,12 @@ evaluation, a results table and the learning-curve figure; offline, and offline-
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Literal
 
+import jax
 import jax.random as jr
 import numpy as np
 
@@ -22,6 +24,7 @@ from .config import AgentConfig, SMALL_NETWORKS
 from .envs import OGBenchEnvFactory
 from .online import latest_online_checkpoint, OnlineConfig, train_online
 from .presets import domain_preset
+from .seeds import aggregate, create_agents, ogbench_seeds_evaluator, seed_mesh, SeedsResult, train_offline_seeds
 from .train import load_transitions, ogbench_evaluator, train_offline, TrainConfig, TrainResult
 
 
@@ -59,6 +62,9 @@ class OfflineArgs:
     """Also evaluate the behaviour (BC) flow trained alongside, as the baseline."""
     seed: int = 0
     """Seed of the agent's initialisation, the batches and the evaluation."""
+    seeds: int = 1
+    """Seeds trained together in one compiled program: seed, seed+1, ..., seed+seeds-1 (each equal to its
+    single-seed run), sharded over the devices when there are several; results as mean and 95% CI."""
     data_dir: str | None = None
     """Where datasets live (default: $FLOWSOC_DATA_DIR or ~/.ogbench/data for paper; a cache
     directory per size for small)."""
@@ -199,7 +205,10 @@ def _eval_env_kwargs(args: OfflineArgs) -> dict:
 
 def run_offline(args: OfflineArgs) -> TrainResult:
     """Load (or generate) the data, build the agent, train with evaluation, print the table, and
-    write `summary.json` and `learning_curve.png` into the run directory."""
+    write `summary.json` and `learning_curve.png` into the run directory. With `args.seeds > 1`, the
+    seeds train together ([`run_offline_seeds`][flowsoc.rl.experiment.run_offline_seeds])."""
+    if args.seeds != 1:
+        return run_offline_seeds(args)
     p = plan(args)
     print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
     data = _load_data(p, args)
@@ -227,6 +236,95 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (p.run_dir / "results.txt").write_text(table + "\n")
+    print(f"figure: {p.run_dir / 'learning_curve.png'}")
+    return result
+
+
+# ---------------------------------------------------------------------------------- many seeds
+
+
+def seeds_results_table(result: SeedsResult, agent_name: str) -> str:
+    """A text table: per evaluated flow, the success rate across seeds at the start, at the end (mean
+    and 95% Student-t confidence half-width) and at the best step (of the mean), and each seed's final
+    success rate."""
+    evals = result.evals
+    if not evals:
+        return "(no evaluations)"
+    steps = sorted({r["step"] for r in evals})
+    at = {step: [r for r in evals if r["step"] == step] for step in steps}
+    names = {"policy": agent_name.upper(), "behaviour": "BC (behaviour flow)", "base": "base (EMA of BC)"}
+    flows = [k[: -len("/success")] for k in evals[-1] if k.endswith("/success")]
+    lines = [
+        f"{'method':<22}{'start':>8}{'final ± 95% CI':>17}{'best':>8}   final per seed ({len(result.seeds)} seeds)"
+    ]
+    for flow in flows:
+        key = f"{flow}/success"
+        mean = {step: aggregate([r[key] for r in rows]) for step, rows in at.items()}
+        final = sorted(at[steps[-1]], key=lambda r: r["seed"])
+        m, ci = mean[steps[-1]]
+        ci_text = "" if np.isnan(ci) else f" ± {100 * ci:.0f}%"
+        lines.append(
+            f"{names.get(flow, flow):<22}{100 * mean[steps[0]][0]:>7.0f}%{f'{100 * m:.0f}%{ci_text}':>17}"
+            f"{100 * max(v[0] for v in mean.values()):>7.0f}%   " + " ".join(f"{100 * r[key]:.0f}" for r in final)
+        )
+    lines.append(
+        f"(success rate over the evaluation episodes, mean over seeds {list(result.seeds)}; start = step {steps[0]}, "
+        f"final = step {steps[-1]}; CI: Student t over seeds)"
+    )
+    return "\n".join(lines)
+
+
+def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
+    """`args.seeds` seeds (`args.seed` onwards) trained together in one compiled program, sharded over
+    the devices (as many as divide the seed count), each seed evaluated as its single-seed run would
+    be; prints the table of means and 95% CIs and writes `summary.json`, `results.txt` and
+    `learning_curve.png` (the mean over seeds) into the run directory."""
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}.")
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    mode = "smoke" if args.smoke else args.preset
+    p = plan(args)
+    if args.run_dir is None:
+        p = dataclasses.replace(
+            p, run_dir=pathlib.Path(f"runs/{args.env}-{args.agent}-{mode}-seeds{seeds[0]}-{seeds[-1]}")
+        )
+    print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {mode} preset, seeds {seeds[0]}-{seeds[-1]}")
+    data = _load_data(p, args)
+    agents = create_agents(p.agent_cls, seeds, data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
+    devices = jax.devices()[: math.gcd(len(seeds), jax.device_count())]
+    mesh = seed_mesh(devices) if len(devices) > 1 else None
+    if len(devices) < jax.device_count():
+        print(
+            f"note: {len(seeds)} seeds over {len(devices)} of {jax.device_count()} devices "
+            "(a multiple of the device count uses them all)"
+        )
+    info = {"env": p.env, "agent": args.agent, "preset": mode}
+    result = train_offline_seeds(
+        agents,
+        data,
+        p.train_config,
+        seeds,
+        evaluator=ogbench_seeds_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
+        run_dir=p.run_dir,
+        resume=args.resume,
+        info=info,
+        mesh=mesh,
+    )
+    table = seeds_results_table(result, args.agent)
+    print(table)
+    summary = {
+        **info,
+        "seeds": seeds,
+        "devices": len(devices),
+        "steps": int(result.agent.step[0]),
+        "final": result.summary(),
+        "evals": result.evals,
+        "agent_config": dataclasses.asdict(p.agent_config),
+        "train_config": dataclasses.asdict(p.train_config),
+    }
+    if jax.process_index() == 0:
+        (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (p.run_dir / "results.txt").write_text(table + "\n")
     print(f"figure: {p.run_dir / 'learning_curve.png'}")
     return result
 
@@ -269,6 +367,11 @@ class OfflineToOnlineArgs(OfflineArgs):
 
 def plan_online(args: OfflineToOnlineArgs) -> tuple[Plan, OnlineConfig, OGBenchEnvFactory]:
     """The offline `Plan`, the `OnlineConfig` and the environment factory `args` resolve to."""
+    if args.seeds != 1:
+        raise ValueError(
+            f"--seeds {args.seeds}: the offline-to-online run trains one seed per process (each seed acts in "
+            "its own environments); run one command per seed with --seed."
+        )
     if args.smoke:
         defaults = dict(steps=20, eval_every=20, online_steps=40, start_training=20, per_dispatch=10)
     elif args.preset == "small":

@@ -101,16 +101,15 @@ def batch_key(seed: int | Array, step: int | Array) -> PRNGKeyArray:
     return jr.fold_in(jr.key(seed), step)
 
 
-@eqx.filter_jit
-def fused_updates(
+def fused_updates_body(
     agent: AbstractFlowAgent,
     data: Transitions | ReplayBuffer,
     seed: int | Array,
     num_steps: int,
     batch_size: int,
 ) -> tuple[AbstractFlowAgent, dict[str, Array]]:
-    """`num_steps` updates in one `lax.scan`, each on a fresh batch of chunks from `data`; the
-    metrics come back stacked, shape `(num_steps,)` each."""
+    """The unjitted body of [`fused_updates`][flowsoc.rl.train.fused_updates] (to be traced inside
+    other transformations, e.g. `vmap` over a seed axis in `flowsoc.rl.seeds`)."""
     cfg = agent.config
     arrays, static = eqx.partition(agent, eqx.is_array)
 
@@ -122,6 +121,19 @@ def fused_updates(
 
     arrays, metrics = jax.lax.scan(body, arrays, None, length=num_steps)
     return eqx.combine(arrays, static), metrics
+
+
+@eqx.filter_jit
+def fused_updates(
+    agent: AbstractFlowAgent,
+    data: Transitions | ReplayBuffer,
+    seed: int | Array,
+    num_steps: int,
+    batch_size: int,
+) -> tuple[AbstractFlowAgent, dict[str, Array]]:
+    """`num_steps` updates in one `lax.scan`, each on a fresh batch of chunks from `data`; the
+    metrics come back stacked, shape `(num_steps,)` each."""
+    return fused_updates_body(agent, data, seed, num_steps, batch_size)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
