@@ -8,8 +8,9 @@ Three measurements on OGBench's cube-single (chunks of 5 actions, the `small` ne
 2. **update**: the fused online update blocks on a replay buffer alone (updates/s);
 3. **loop**: `train_online` after its warm-up, one update per environment step, with `overlap`
    (a block's updates run while the environments step with the previous policy) and without it
-   (environment steps/s = updates/s). Perfect overlap would reach min(collect, update) rates'
-   harmonic bound `1 / max(1/collect, 1/update)`; no overlap gives `1 / (1/collect + 1/update)`.
+   (environment steps/s = updates/s). Perfect overlap would reach `min(collect, update)`; none gives
+   `1 / (1/collect + 1/update)`. On a 2-core CPU both halves compete for the same cores, so the gain
+   is small; it is meant for a GPU (updates on the device while the CPU steps MuJoCo).
 
     python benchmarks/online.py            # about 5 minutes on 2 CPU cores
     python benchmarks/online.py --quick    # fewer steps

@@ -268,7 +268,7 @@ def _measured_rows(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) 
                     seeds=row.get("seeds", record.get("seeds")),
                     steps=row.get("steps", record.get("steps")),
                     command=row.get("command") or _command(path, record, root),
-                    hardware=_hardware(record),
+                    hardware=_hardware(row) if any(k in row for k in HARDWARE_KEYS) else _hardware(record),
                     file=path.name,
                 )
             )

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import time
 from typing import Literal
 
 import jax
@@ -199,6 +200,29 @@ def _load_data(p: Plan, args: OfflineArgs):
     return data
 
 
+def provenance(started: float) -> dict:
+    """Where and how a run was produced, for its `summary.json`: the command line, the wall time since
+    `started` (`time.time()`), and the hardware and software."""
+    import platform
+    import sys
+    import time
+
+    script = sys.argv[0]
+    if os.path.isabs(script):
+        try:
+            script = os.path.relpath(script)
+        except ValueError:
+            pass
+    return {
+        "command": " ".join(["python", script, *sys.argv[1:]]),
+        "wall_s": round(time.time() - started, 1),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "devices": str(jax.devices()),
+        "jax": jax.__version__,
+    }
+
+
 def _eval_env_kwargs(args: OfflineArgs) -> dict:
     return {"max_episode_steps": 50} if args.smoke else {}
 
@@ -209,6 +233,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     seeds train together ([`run_offline_seeds`][flowsoc.rl.experiment.run_offline_seeds])."""
     if args.seeds != 1:
         return run_offline_seeds(args)
+    started = time.time()
     p = plan(args)
     print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
     data = _load_data(p, args)
@@ -233,6 +258,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         "final_lam": result.train[-1]["lam"] if result.train else None,
         "agent_config": dataclasses.asdict(p.agent_config),
         "train_config": dataclasses.asdict(p.train_config),
+        "provenance": provenance(started),
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (p.run_dir / "results.txt").write_text(table + "\n")
@@ -281,6 +307,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
     `learning_curve.png` (the mean over seeds) into the run directory."""
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}.")
+    started = time.time()
     seeds = list(range(args.seed, args.seed + args.seeds))
     mode = "smoke" if args.smoke else args.preset
     p = plan(args)
@@ -321,6 +348,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
         "evals": result.evals,
         "agent_config": dataclasses.asdict(p.agent_config),
         "train_config": dataclasses.asdict(p.train_config),
+        "provenance": provenance(started),
     }
     if jax.process_index() == 0:
         (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -440,6 +468,7 @@ def online_results_table(result: TrainResult, agent_name: str, offline_steps: in
 def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
     """The offline phase (skipped when `--resume` finds it complete), then the online phase; prints
     the before/after table and writes `summary.json`, `results.txt` and `learning_curve.png`."""
+    started = time.time()
     p, online, factory = plan_online(args)
     mode = "smoke" if args.smoke else args.preset
     print(f"flowsoc offline-to-online: {p.env}, {p.agent_cls.__name__}, {mode} preset")
@@ -487,6 +516,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
         "agent_config": dataclasses.asdict(result.agent.config),
         "train_config": dataclasses.asdict(p.train_config),
         "online_config": dataclasses.asdict(online),
+        "provenance": provenance(started),
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (p.run_dir / "results.txt").write_text(table + "\n")
