@@ -114,9 +114,10 @@ def resolve_dataset(
     episode_length: int | None = None,
     workers: int = 1,
     seed: int = 0,
+    progress: bool = True,
 ) -> Path:
-    """Find dataset `name`'s files, generating them first if asked; return the training
-    file path (its `-val.npz` lies beside it).
+    """Find dataset `name`'s files, generating them first if asked (with a progress bar unless
+    `progress=False`); return the training file path (its `-val.npz` lies beside it).
 
     Raises `DatasetNotFoundError` (with the generation command) when the files are absent
     and `generate` is off, `DatasetError` when only one of the pair exists, and
@@ -159,6 +160,7 @@ def resolve_dataset(
             workers=workers,
             seed=seed,
             data_dir=str(train.parent),
+            progress=progress,
         )
     )
     return train
@@ -273,6 +275,7 @@ def load_ogbench(
     sparse: bool | None = None,
     compact_dataset: bool = False,
     env_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Resolve, validate and load dataset `name` through OGBench's own loader.
 
@@ -286,6 +289,7 @@ def load_ogbench(
     - `sparse`: replace rewards by `sparsify_rewards`; `None` means "for puzzle and
       scene only", the QAM reference setting.
     - `compact_dataset`, `env_kwargs`: passed to `ogbench.make_env_and_datasets`.
+    - `progress`: show the generator's progress bar.
 
     **Returns:** `(env, train, val)` as `ogbench.make_env_and_datasets` does, with numpy
     float32 arrays `observations`, `actions`, `next_observations`, `terminals` (1 at each
@@ -301,6 +305,7 @@ def load_ogbench(
         episodes=episodes,
         episode_length=episode_length,
         workers=workers,
+        progress=progress,
     )
     val_path = train_path.with_name(train_path.name[: -len(".npz")] + "-val.npz")
     for p in (train_path, val_path):

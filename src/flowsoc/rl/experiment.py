@@ -190,6 +190,7 @@ def _load_data(p: Plan, args: OfflineArgs):
         episodes=p.episodes,
         episode_length=p.episode_length,
         workers=1 if args.smoke else args.workers,
+        progress=args.progress,
     )
     data = load_transitions(train, p.env)
     obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
