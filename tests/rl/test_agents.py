@@ -76,6 +76,41 @@ def test_update_shapes_finiteness_and_ema_targets(cls, batch):
     assert new.sample_actions(batch.observations[0], jr.key(3)).shape == (H, ACT)
 
 
+def test_bam_reward_is_online_ensemble_pessimistic_value_at_unclipped_action(batch):
+    """BAM's actor loss is the SOC objective (tested against a plain scan in tests/test_losses.py)
+    with the official BAM's reward: mean - ρ·std over the online critic's members, at the terminal
+    action as sampled (not clipped), divided by the batch size."""
+    import flowsoc as fs
+
+    agent = BAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=2.0))
+    key = jr.key(11)
+    loss, _ = agent.actor_loss(agent.nets.policy, batch, key)
+    k_noise, k_sde = jr.split(key)
+    obs = batch.observations
+    x0 = jr.normal(k_noise, (B, H * ACT), obs.dtype)
+    members = agent.nets.critic.members
+
+    def reward(x1, o):
+        q = jnp.stack([jax.vmap(lambda oi, ai: m(jnp.concatenate([oi, ai]))[0])(o, x1) for m in members], 1)
+        return jnp.sum(q.mean(1) - CONFIG.pessimism * q.std(1))
+
+    expected = fs.soc_objective(
+        agent.nets.policy,
+        agent.base,
+        x0,
+        agent.times,
+        k_sde,
+        reward,
+        lam=0.5,
+        args=obs,
+        running_cost_scale=float(CONFIG.flow_steps),
+    )
+    assert jnp.allclose(loss, expected / B, rtol=1e-10)
+    # The terminal actions leave [-1, 1] here, so clipping would have changed the value.
+    xs = fs.sample_sde(agent.nets.policy, x0, agent.times, k_sde, args=obs, final_field=agent.base)
+    assert jnp.any(jnp.abs(xs[-1]) > 1)
+
+
 def test_chunked_td_target_by_hand(batch):
     agent = TRQAM.create(jr.key(0), OBS, ACT, CONFIG)
     key = jr.key(7)

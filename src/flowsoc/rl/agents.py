@@ -272,8 +272,10 @@ class TRQAM(AbstractFlowAgent):
 
 
 class BAM(AbstractFlowAgent):
-    """The basic-adjoint ablation: the SOC objective λ·c·KL − Q̄(s, X_1) backpropagated through the
-    memoryless SDE (λ = 1/τ; c = 1/h by default, QAM's weighting of the running cost)."""
+    """The basic-adjoint ablation: the SOC objective λ·c·KL − Q(s, X_1) backpropagated through the
+    memoryless SDE (λ = 1/τ; c = 1/h by default, QAM's weighting of the running cost), with
+    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action,
+    as in the official BAM."""
 
     def lam(self) -> Float[Array, ""]:
         return jnp.asarray(1.0 / self.config.inv_temp)
@@ -285,9 +287,11 @@ class BAM(AbstractFlowAgent):
         scale = self.config.bam_running_cost_scale
         scale = float(self.config.flow_steps) if scale is None else scale
 
-        def reward(x1, o):
-            a = jnp.clip(x1, -1.0, 1.0) if self.config.clip_adjoint_action else x1
-            return jnp.sum(jnp.mean(jax.vmap(self.target_critic)(o, a), axis=-1))
+        critic = _frozen(self.nets.critic)
+
+        def reward(x1, o):  # the official BAM's: online critic, mean - ρ std, at the unclipped action
+            q = jax.vmap(critic)(o, x1)
+            return jnp.sum(jnp.mean(q, axis=-1) - self.config.pessimism * jnp.std(q, axis=-1))
 
         objective = soc_objective(
             policy, self.base, x0, self.times, k_sde, reward, lam=self.lam(), args=obs, running_cost_scale=scale
