@@ -73,3 +73,30 @@ def test_sac_learns_a_contextual_bandit():
     # The temperature was tuned: entropy near its target (-0.5 for one action dimension).
     assert abs(float(metrics["entropy"][-100:].mean()) - agent.target_entropy) < 0.5
     assert int(agent.step) == 1500
+
+
+def test_expert_training_loop_on_a_toy_environment():
+    from tests.rl.toy_envs import BanditEnv
+
+    from flowsoc.rl.experts import evaluate_expert, train_expert
+
+    config = SACConfig(actor_hidden=(16,), critic_hidden=(16,), learning_rate=3e-3, discount=0.0)
+    agent, rows = train_expert(
+        BanditEnv,
+        config,
+        steps=400,
+        seed_steps=100,
+        update_every=2,
+        batch_size=32,
+        steps_per_dispatch=100,
+        progress=False,
+    )
+    # Random actions for the first block (no updates), then one update per two environment steps.
+    assert [r["step"] for r in rows] == [100, 200, 300, 400]
+    assert [r["updates"] for r in rows] == [0, 50, 100, 150] and int(agent.step) == 150
+    assert "critic_loss" not in rows[0] and all(np.isfinite(r["critic_loss"]) for r in rows[1:])
+    assert all("return" in r for r in rows)  # one-step episodes: returns every block
+    result = evaluate_expert(agent, BanditEnv, episodes=4)
+    assert result["length"] == 1.0 and np.isfinite(result["return"])
+    with pytest.raises(ValueError, match="multiple of steps_per_dispatch"):
+        train_expert(BanditEnv, config, steps=450, steps_per_dispatch=100)

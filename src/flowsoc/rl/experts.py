@@ -1,0 +1,222 @@
+"""Training the low-level locomotion experts that OGBench's navigation datasets are generated with,
+by SAC (`flowsoc.rl.sac`), following upstream's protocol (`data_gen_scripts/main_sac.py`,
+`commands.sh`):
+
+- the ant: `online-ant-v0` wrapped in OGBench's `GymXYWrapper` (the goal direction in the
+  observation, resampled every 100 steps), 400K environment steps, uniformly random actions for the
+  first 10K, then one update per step;
+- the humanoid: `online-humanoid-v0` in `DMCHumanoidXYWrapper` (resampled every 200 steps), 40M steps
+  with one update every 4, 3x1024 LayerNorm critics and the mean of the two critics (many hours: run
+  it as a background job).
+
+Environment steps and updates alternate in blocks (`steps_per_dispatch` steps, then as many
+updates fused into one compiled scan). The result is a directory with `expert.eqx` (the SAC state),
+`expert.json` (how it was trained and its evaluation return) and `train.csv`.
+
+    python -m flowsoc.rl.experts --expert ant --out experts/ant
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .._checkpoint import save_tree
+from .data import ReplayBuffer, Transitions
+from .envs import InProcessEnvs
+from .online import Collector
+from .sac import SAC, sac_updates, SACConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertArgs:
+    """Train a locomotion expert by SAC (upstream's recipe) and save it with its training record."""
+
+    expert: Literal["ant", "humanoid"] = "ant"
+    """Which expert: the ant (antmaze) or the humanoid (humanoidmaze)."""
+    out: str = "experts/ant"
+    """Output directory (expert.eqx, expert.json, train.csv)."""
+    steps: int | None = None
+    """Environment steps (default: 400,000 for the ant, 40,000,000 for the humanoid)."""
+    seed_steps: int = 10_000
+    """Uniformly random actions for the first steps."""
+    update_every: int | None = None
+    """Environment steps per update (default: 1 for the ant, 4 for the humanoid)."""
+    batch_size: int = 256
+    """Transitions per update."""
+    steps_per_dispatch: int = 1000
+    """Environment steps between update dispatches."""
+    eval_episodes: int = 10
+    """Episodes of the deterministic policy evaluated at the end."""
+    seed: int = 0
+    """Seed of the networks, the actions and the resets."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def make_xy_env(expert: str):
+    """OGBench's directional locomotion environment for `expert` (`ant` or `humanoid`)."""
+    import gymnasium
+    import ogbench.online_locomotion  # noqa: F401  (registers the environments)
+    from ogbench.online_locomotion.wrappers import DMCHumanoidXYWrapper, GymXYWrapper
+
+    if expert == "ant":
+        return GymXYWrapper(gymnasium.make("online-ant-v0"), resample_interval=100)
+    if expert == "humanoid":
+        return DMCHumanoidXYWrapper(gymnasium.make("online-humanoid-v0"), resample_interval=200)
+    raise ValueError(f"expert must be 'ant' or 'humanoid', got {expert!r}.")
+
+
+def expert_config(expert: str) -> SACConfig:
+    """Upstream's SAC settings for `expert`."""
+    if expert == "humanoid":
+        return SACConfig(critic_hidden=(1024, 1024, 1024), layer_norm=True, min_q=False)
+    return SACConfig()
+
+
+def train_expert(
+    env_factory: Callable[[], Any],
+    config: SACConfig,
+    *,
+    steps: int,
+    seed_steps: int = 10_000,
+    update_every: int = 1,
+    batch_size: int = 256,
+    steps_per_dispatch: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> tuple[SAC, list[dict]]:
+    """SAC in the environments of `env_factory` for `steps` environment steps (random actions for
+    the first `seed_steps`, then one update per `update_every` steps, from a replay buffer of every
+    transition). Returns the agent and one row of metrics per block."""
+    if steps % steps_per_dispatch or steps_per_dispatch % update_every:
+        raise ValueError(
+            f"steps={steps} must be a multiple of steps_per_dispatch={steps_per_dispatch}, itself a multiple of "
+            f"update_every={update_every}."
+        )
+    runner = InProcessEnvs(env_factory, 1)
+    env = runner.envs[0]
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = SAC.create(jr.key(seed), obs_dim, action_dim, config)
+    capacity = min(steps, 1_000_000)  # upstream's buffer: the last 1M transitions
+    z = lambda *shape: jnp.zeros((capacity, *shape), jnp.float32)  # noqa: E731
+    buffer = ReplayBuffer(
+        Transitions(z(obs_dim), z(action_dim), z(), z(), z(), z(obs_dim)), jnp.asarray(0), jnp.asarray(0)
+    )
+    act = jax.jit(lambda a, o, k: a.sample_actions(o, k)[:, None, :])
+    rng = np.random.default_rng(seed)
+    collector = Collector(runner, seed)
+    rows: list[dict] = []
+    recent: list[float] = []
+    from tqdm.auto import tqdm
+
+    from .data import add_transitions
+
+    append = jax.jit(add_transitions, donate_argnums=0)
+    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
+    done = 0
+    try:
+        while done < steps:
+            if done < seed_steps:
+                policy = lambda obs, i: rng.uniform(-1, 1, (len(obs), 1, action_dim))  # noqa: E731
+            else:
+                current = agent
+                policy = lambda obs, i: np.asarray(act(current, jnp.asarray(obs), jr.fold_in(jr.key(seed + 1), i)))  # noqa: E731
+            data, finished = collector.collect(policy, steps_per_dispatch)
+            buffer = append(buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
+            done += steps_per_dispatch
+            row: dict[str, Any] = {"step": done, "updates": int(agent.step)}
+            if done > seed_steps:
+                agent, metrics = sac_updates(agent, buffer, steps_per_dispatch // update_every, batch_size)
+                row.update({k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()})
+                if not all(np.isfinite(v) for v in row.values()):
+                    raise FloatingPointError(f"SAC produced non-finite metrics at step {done}: {row}")
+                row["updates"] = int(agent.step)
+            recent = (recent + [ep["return"] for ep in finished])[-20:]
+            if recent:
+                row["return"] = float(np.mean(recent))
+            rows.append(row)
+            if log is not None:
+                log(row)
+            bar.update(steps_per_dispatch)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("return", "critic_loss", "alpha") if k in row}, refresh=False)
+    finally:
+        bar.close()
+        runner.close()
+    return agent, rows
+
+
+def evaluate_expert(agent: SAC, env_factory: Callable[[], Any], episodes: int, seed: int = 0) -> dict[str, float]:
+    """Mean undiscounted return and length of the deterministic policy (tanh of the mean)."""
+    env = env_factory()
+    act = jax.jit(lambda a, o: a.sample_actions(o, jr.key(0), deterministic=True))
+    returns, lengths = [], []
+    for i in range(episodes):
+        ob, _ = env.reset(seed=10_000 + seed * 1000 + i)
+        total, n, over = 0.0, 0, False
+        while not over:
+            ob, reward, term, trunc, _ = env.step(np.asarray(act(agent, jnp.asarray(ob, jnp.float32))))
+            total, n, over = total + float(reward), n + 1, term or trunc
+        returns.append(total)
+        lengths.append(n)
+    env.close()
+    return {"return": float(np.mean(returns)), "return_std": float(np.std(returns)), "length": float(np.mean(lengths))}
+
+
+def main(args: ExpertArgs) -> pathlib.Path:
+    """Train, evaluate and save the expert described by `args`."""
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.steps or (400_000 if args.expert == "ant" else 40_000_000)
+    update_every = args.update_every or (1 if args.expert == "ant" else 4)
+    config = expert_config(args.expert)
+    factory = lambda: make_xy_env(args.expert)  # noqa: E731
+    started = time.time()
+    csv_rows: list[dict] = []
+    agent, rows = train_expert(
+        factory,
+        config,
+        steps=steps,
+        seed_steps=args.seed_steps,
+        update_every=update_every,
+        batch_size=args.batch_size,
+        steps_per_dispatch=args.steps_per_dispatch,
+        seed=args.seed,
+        progress=args.progress,
+        log=csv_rows.append,
+    )
+    evaluation = evaluate_expert(agent, factory, args.eval_episodes, args.seed)
+    save_tree(out / "expert.eqx", agent)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(columns)] + [",".join(str(r.get(k, "")) for k in columns) for r in rows]
+    (out / "train.csv").write_text("\n".join(lines) + "\n")
+    record = {
+        "expert": args.expert,
+        "args": dataclasses.asdict(args),
+        "sac_config": dataclasses.asdict(config),
+        "steps": steps,
+        "updates": int(agent.step),
+        "evaluation": evaluation,
+        "wall_s": round(time.time() - started, 1),
+        "jax": jax.__version__,
+    }
+    (out / "expert.json").write_text(json.dumps(record, indent=2))
+    print(
+        f"{args.expert} expert: return {evaluation['return']:.1f} ± {evaluation['return_std']:.1f} over "
+        f"{args.eval_episodes} episodes; saved in {out}"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(ExpertArgs))
