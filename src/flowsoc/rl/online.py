@@ -47,6 +47,10 @@ from .evaluate import agent_policy
 from .train import (
     _meta,
     _postfix,
+    check_block_multiples,
+    check_eval_flows,
+    check_positive_ints,
+    CHECKED_KEYS,
     Evaluator,
     finish_block,
     fused_updates,
@@ -109,30 +113,23 @@ class OnlineConfig:
     """Show a progress bar."""
 
     def __post_init__(self):
-        for name in ("steps", "utd", "steps_per_dispatch", "batch_size", "num_envs", "eval_episodes", "eval_envs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"OnlineConfig: {name} must be a positive integer, got {value!r}.")
+        check_positive_ints(
+            self, ("steps", "utd", "steps_per_dispatch", "batch_size", "num_envs", "eval_episodes", "eval_envs")
+        )
         n = self.steps_per_dispatch
         if n % self.num_envs:
             raise ValueError(
                 f"OnlineConfig: steps_per_dispatch={n} must be a multiple of num_envs={self.num_envs} "
                 "(every environment takes the same number of steps per block)."
             )
-        for name in ("steps", "start_training", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0 or value % n:
-                raise ValueError(
-                    f"OnlineConfig: {name}={value} must be a non-negative multiple of steps_per_dispatch={n} "
-                    f"(environment steps and updates alternate in blocks of {n}); change one of them."
-                )
+        check_block_multiples(
+            self,
+            ("steps", "start_training", "eval_every", "checkpoint_every"),
+            "environment steps and updates alternate in blocks",
+        )
         if self.kl_budget is not None and not (np.isfinite(self.kl_budget) and self.kl_budget > 0):
             raise ValueError(f"OnlineConfig: kl_budget must be > 0 or None, got {self.kl_budget}.")
-        for flow in self.eval_flows:
-            if flow not in ("policy", "behaviour", "base"):
-                raise ValueError(
-                    f"OnlineConfig: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}."
-                )
+        check_eval_flows(self)
 
     def replace(self, **changes) -> "OnlineConfig":
         return dataclasses.replace(self, **changes)
@@ -314,17 +311,9 @@ def load_online_checkpoint(
 ) -> tuple[AbstractFlowAgent, ReplayBuffer, dict]:
     """Restore `(agent, buffer, saved meta)` from an online checkpoint, refusing one written for
     another offline dataset or other settings (`CheckpointError` naming the problem)."""
-    agent, saved = load_agent_checkpoint(directory, like, meta)
-    differing = [
-        f"{k} ({saved.get(k)!r} saved, {meta[k]!r} now)"
-        for k in ("num_envs", "utd", "steps_per_dispatch")
-        if saved.get(k) != meta[k]
-    ]
-    if differing:
-        raise CheckpointError(
-            f"The online checkpoint in {directory} was written with different settings: {', '.join(differing)}. "
-            "Resume with the same settings or use a new run directory."
-        )
+    agent, saved = load_agent_checkpoint(
+        directory, like, meta, keys=(*CHECKED_KEYS, "num_envs", "utd", "steps_per_dispatch")
+    )
     if saved.get("offline_data") != meta["offline_data"]:
         raise CheckpointError(
             f"The online checkpoint in {directory} was written with another offline dataset "

@@ -48,6 +48,7 @@ from .train import (
     MetricsLog,
     plot_learning_curve,
     raise_non_finite,
+    read_checkpoint_meta,
     TrainConfig,
     TrainResult,
 )
@@ -330,23 +331,7 @@ def load_seeds_checkpoint(directory: str | os.PathLike, like: AbstractFlowAgent,
     another agent class, agent configuration, batch size or seed list. Returns `(agents, saved_meta)`;
     raises `CheckpointError` naming the problem."""
     directory = pathlib.Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise CheckpointError(f"No checkpoint in {directory} (missing meta.json). Start without --resume.")
-    try:
-        saved = json.loads(meta_path.read_text())
-        step = int(saved["step"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{meta_path} is corrupt ({err}); delete the run directory or start a new one.")
-    if meta is not None:
-        mine = json.loads(json.dumps(meta, default=str))
-        differing = [k for k in ("agent", "agent_config", "batch_size", "seeds") if saved.get(k) != mine.get(k)]
-        if differing:
-            raise CheckpointError(
-                f"The checkpoint in {directory} was written with different settings: {', '.join(differing)} "
-                f"(seeds {saved.get('seeds')} saved, {mine.get('seeds')} now). Resume with the same settings or "
-                "use a new run directory."
-            )
+    saved, step = read_checkpoint_meta(directory, meta, keys=("agent", "agent_config", "batch_size", "seeds"))
     agents = load_tree(directory / "state.eqx", to_host(like))
     if not bool(jnp.all(agents.step == step)):
         raise CheckpointError(

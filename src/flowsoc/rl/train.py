@@ -36,6 +36,36 @@ class NonFiniteLossError(FloatingPointError):
     checkpoint."""
 
 
+def check_positive_ints(config: Any, names: tuple[str, ...]) -> None:
+    """Raise `ValueError` unless each field `names` of the dataclass `config` is a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{type(config).__name__}: {name} must be a positive integer, got {value!r}.")
+
+
+def check_block_multiples(config: Any, names: tuple[str, ...], why: str) -> None:
+    """Raise `ValueError` unless each field `names` of `config` is a non-negative multiple of its
+    `steps_per_dispatch` (`why`: what runs in blocks of that size)."""
+    n = config.steps_per_dispatch
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 0 or value % n:
+            raise ValueError(
+                f"{type(config).__name__}: {name}={value} must be a non-negative multiple of steps_per_dispatch={n} "
+                f"({why} of {n}); change one of them."
+            )
+
+
+def check_eval_flows(config: Any) -> None:
+    """Raise `ValueError` unless every entry of `config.eval_flows` names a flow of the agents."""
+    for flow in config.eval_flows:
+        if flow not in ("policy", "behaviour", "base"):
+            raise ValueError(
+                f"{type(config).__name__}: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}."
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Settings of the training loop (the agent's own hyperparameters are in `AgentConfig`).
@@ -69,24 +99,9 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "steps_per_dispatch", "eval_episodes", "eval_envs")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig: {name} must be a positive integer, got {value!r}.")
-        n = self.steps_per_dispatch
-        for name in ("steps", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0 or value % n:
-                raise ValueError(
-                    f"TrainConfig: {name}={value} must be a non-negative multiple of steps_per_dispatch={n} "
-                    f"(updates run in fused blocks of {n}); change one of them."
-                )
-        for flow in self.eval_flows:
-            if flow not in ("policy", "behaviour", "base"):
-                raise ValueError(
-                    f"TrainConfig: eval_flows entries must be 'policy', 'behaviour' or 'base', got {flow!r}."
-                )
+        check_positive_ints(self, ("steps", "batch_size", "steps_per_dispatch", "eval_episodes", "eval_envs"))
+        check_block_multiples(self, ("steps", "eval_every", "checkpoint_every"), "updates run in fused blocks")
+        check_eval_flows(self)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -161,10 +176,15 @@ def save_agent_checkpoint(directory: str | os.PathLike, agent: AbstractFlowAgent
     return directory
 
 
-def load_agent_checkpoint(directory: str | os.PathLike, like: AbstractFlowAgent, meta: dict | None = None):
-    """Restore an agent shaped like `like` from `directory`. With `meta`, refuse a checkpoint
-    written by another agent class, agent configuration, batch size or seed. Returns
-    `(agent, saved_meta)`; raises `CheckpointError` naming the problem."""
+CHECKED_KEYS = ("agent", "agent_config", "batch_size", "seed")
+
+
+def read_checkpoint_meta(
+    directory: str | os.PathLike, meta: dict | None = None, keys: tuple[str, ...] = CHECKED_KEYS
+) -> tuple[dict, int]:
+    """The `meta.json` of the checkpoint in `directory` and its step. With `meta`, refuse a checkpoint
+    whose `keys` differ from `meta`'s, naming each difference with both values (`agent_config` field
+    by field). Raises `CheckpointError` for a missing, corrupt or mismatched checkpoint."""
     directory = pathlib.Path(directory)
     meta_path = directory / "meta.json"
     if not meta_path.exists():
@@ -176,18 +196,36 @@ def load_agent_checkpoint(directory: str | os.PathLike, like: AbstractFlowAgent,
         raise CheckpointError(f"{meta_path} is corrupt ({err}); delete the run directory or start a new one.")
     if meta is not None:
         mine = json.loads(json.dumps(meta, default=str))
-        differing = [k for k in ("agent", "agent_config", "batch_size", "seed") if saved.get(k) != mine.get(k)]
-        if differing:
-            detail = differing
-            if "agent_config" in differing:
-                a, b = saved.get("agent_config") or {}, mine["agent_config"]
-                detail = [k for k in differing if k != "agent_config"] + [
-                    f"agent_config.{k} ({a.get(k)!r} saved, {b.get(k)!r} now)" for k in b if a.get(k) != b.get(k)
+        detail = []
+        for k in keys:
+            if saved.get(k) == mine.get(k):
+                continue
+            if k == "agent_config" and isinstance(saved.get(k), dict):
+                a, b = saved[k], mine[k]
+                detail += [
+                    f"agent_config.{f} ({a.get(f)!r} saved, {b.get(f)!r} now)" for f in b if a.get(f) != b.get(f)
                 ]
+            else:
+                detail.append(f"{k} ({saved.get(k)!r} saved, {mine.get(k)!r} now)")
+        if detail:
             raise CheckpointError(
                 f"The checkpoint in {directory} was written with different settings: {', '.join(detail)}. "
                 "Resume with the same settings or use a new run directory."
             )
+    return saved, step
+
+
+def load_agent_checkpoint(
+    directory: str | os.PathLike,
+    like: AbstractFlowAgent,
+    meta: dict | None = None,
+    keys: tuple[str, ...] = CHECKED_KEYS,
+):
+    """Restore an agent shaped like `like` from `directory`. With `meta`, refuse a checkpoint whose
+    `keys` differ (by default: the agent class, agent configuration, batch size and seed). Returns
+    `(agent, saved_meta)`; raises `CheckpointError` naming the problem."""
+    directory = pathlib.Path(directory)
+    saved, step = read_checkpoint_meta(directory, meta, keys)
     agent = load_tree(directory / "state.eqx", like)
     if int(agent.step) != step:
         raise CheckpointError(
