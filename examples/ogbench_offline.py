@@ -20,21 +20,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # no window system needed: evaluation
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
 warnings.filterwarnings("ignore", message=".*DISPLAY.*")
 
-import tyro  # noqa: E402
-
-from flowsoc.rl.data import DatasetError  # noqa: E402
-from flowsoc.rl.experiment import OfflineArgs, run_offline  # noqa: E402
-from flowsoc.rl.train import CheckpointError, NonFiniteLossError  # noqa: E402
+from flowsoc.rl.experiment import OfflineArgs, run_cli, run_offline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(OfflineArgs, args=argv)
-    try:
-        run_offline(args)
-    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(OfflineArgs, run_offline, argv)
 
 
 if __name__ == "__main__":

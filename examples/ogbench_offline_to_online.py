@@ -23,21 +23,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # no window system needed: nothing is
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
 warnings.filterwarnings("ignore", message=".*DISPLAY.*")
 
-import tyro  # noqa: E402
-
-from flowsoc.rl.data import DatasetError  # noqa: E402
-from flowsoc.rl.experiment import OfflineToOnlineArgs, run_offline_to_online  # noqa: E402
-from flowsoc.rl.train import CheckpointError, NonFiniteLossError  # noqa: E402
+from flowsoc.rl.experiment import OfflineToOnlineArgs, run_cli, run_offline_to_online  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(OfflineToOnlineArgs, args=argv)
-    try:
-        run_offline_to_online(args)
-    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(OfflineToOnlineArgs, run_offline_to_online, argv)
 
 
 if __name__ == "__main__":

@@ -267,6 +267,26 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     return result
 
 
+def run_cli(args_type: type, run, argv: list[str] | None = None) -> int:
+    """The examples' `main`: parse `argv` into the dataclass `args_type` with tyro (`--help` lists its
+    fields) and call `run(args)`. Bad settings, dataset, checkpoint and NaN failures print one line
+    `error: ...` and return 1; success returns 0."""
+    import sys
+
+    import tyro
+
+    from .data import DatasetError
+    from .train import CheckpointError, NonFiniteLossError
+
+    args = tyro.cli(args_type, args=argv)
+    try:
+        run(args)
+    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------------------------- many seeds
 
 
