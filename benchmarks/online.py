@@ -33,10 +33,10 @@ warnings.filterwarnings("ignore")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
-import numpy as np  # noqa: E402
+from update_step import synthetic_table  # noqa: E402  (benchmarks/ is on the path)
 
 from flowsoc.rl import AgentConfig, TRQAM  # noqa: E402
-from flowsoc.rl.data import ReplayBuffer, Transitions  # noqa: E402
+from flowsoc.rl.data import ReplayBuffer  # noqa: E402
 from flowsoc.rl.envs import make_env_runner, OGBenchEnvFactory  # noqa: E402
 from flowsoc.rl.evaluate import agent_policy  # noqa: E402
 from flowsoc.rl.online import Collector, OnlineConfig, train_online  # noqa: E402
@@ -45,24 +45,6 @@ from flowsoc.rl.train import fused_updates  # noqa: E402
 
 ENV = "cube-single-play-singletask-task1-v0"
 OBS, ACT = 28, 5
-
-
-def fake_offline(n: int) -> Transitions:
-    """Random transitions of the right shapes (the throughput does not depend on their values)."""
-    rng = np.random.default_rng(0)
-    obs = rng.normal(size=(n, OBS)).astype(np.float32)
-    terminals = np.zeros(n, np.float32)
-    terminals[199::200] = 1
-    return Transitions.from_numpy(
-        dict(
-            observations=obs,
-            actions=rng.uniform(-1, 1, (n, ACT)).astype(np.float32),
-            rewards=-np.ones(n, np.float32),
-            masks=np.ones(n, np.float32),
-            terminals=terminals,
-            next_observations=np.roll(obs, -1, 0),
-        )
-    )
 
 
 def bench_collect(agent, num_envs: int, workers: bool, steps: int) -> dict:
@@ -150,7 +132,7 @@ def main():
     steps = 600 if args.quick else 2000
     config = AgentConfig.small()
     agent = TRQAM.create(jr.key(0), OBS, ACT, config)
-    offline = fake_offline(50_000)
+    offline = synthetic_table(jr.key(0), 50_000, OBS, ACT)
     rows = []
     for num_envs, workers in ((1, False), (2, False), (2, True), (4, True)):
         rows.append(bench_collect(agent, num_envs, workers, steps))

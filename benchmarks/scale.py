@@ -32,27 +32,11 @@ import time
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from update_step import ACT, OBS, synthetic_table  # the same synthetic table (benchmarks/ is on the path)
 
 from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.data import Transitions
 from flowsoc.rl.seeds import create_agents, fused_updates_seeds
 from flowsoc.rl.train import fused_updates
-
-
-OBS, ACT, ROWS = 40, 5, 100_000
-
-
-def synthetic_table(key) -> Transitions:
-    k = jr.split(key, 4)
-    terminals = (jnp.arange(ROWS) % 1000 == 999).astype(jnp.float32)
-    return Transitions(
-        observations=jr.normal(k[0], (ROWS, OBS)),
-        actions=jnp.clip(jr.normal(k[1], (ROWS, ACT)), -1, 1),
-        rewards=-jr.uniform(k[2], (ROWS,)),
-        masks=jnp.ones((ROWS,)),
-        terminals=terminals,
-        next_observations=jr.normal(k[3], (ROWS, OBS)),
-    )
 
 
 def peak_mb() -> tuple[float, str]:
@@ -81,6 +65,24 @@ def timed(run, state, dispatches):
     return min(times), sorted(times)[len(times) // 2], state
 
 
+def result_row(mode, seeds, batch_size, n, seconds, median, compile_s, compiled, finite) -> dict:
+    """One table row: `seeds` seeds of `n` updates each ran in `seconds` (fastest) / `median` per dispatch."""
+    per_seed = n / seconds
+    return {
+        "mode": mode,
+        "seeds": seeds,
+        "batch_size": batch_size,
+        "per_seed_steps_per_s": per_seed,
+        "aggregate_steps_per_s": seeds * per_seed,
+        "median_aggregate_steps_per_s": seeds * n / median,
+        "samples_per_s": seeds * per_seed * batch_size,
+        "compile_s": compile_s,
+        "program_mb": program_mb(compiled),
+        "peak_mb": peak_mb()[0],
+        "finite": finite,
+    }
+
+
 def measure_seeds(config, table, seeds, batch_size, n, dispatches):
     """`seeds` seeds vmapped in one program."""
     agents = create_agents(TRQAM, range(seeds), OBS, ACT, config)
@@ -91,20 +93,8 @@ def measure_seeds(config, table, seeds, batch_size, n, dispatches):
     seconds, median, (agents, metrics) = timed(
         lambda s: compiled(s[0], table, seed_array, n, batch_size), (agents, None), dispatches
     )
-    per_seed = n / seconds
-    return {
-        "mode": "vmapped",
-        "seeds": seeds,
-        "batch_size": batch_size,
-        "per_seed_steps_per_s": per_seed,
-        "aggregate_steps_per_s": seeds * per_seed,
-        "median_aggregate_steps_per_s": seeds * n / median,
-        "samples_per_s": seeds * per_seed * batch_size,
-        "compile_s": compile_s,
-        "program_mb": program_mb(compiled),
-        "peak_mb": peak_mb()[0],
-        "finite": bool(all(bool(jnp.all(jnp.isfinite(v))) for v in metrics.values())),
-    }
+    finite = bool(all(bool(jnp.all(jnp.isfinite(v))) for v in metrics.values()))
+    return result_row("vmapped", seeds, batch_size, n, seconds, median, compile_s, compiled, finite)
 
 
 def measure_sequential(config, table, seeds, batch_size, n, dispatches):
@@ -119,20 +109,8 @@ def measure_sequential(config, table, seeds, batch_size, n, dispatches):
         return [compiled(a, table, s, n, batch_size)[0] for a, s in zip(state, seed_arrays)]
 
     seconds, median, _ = timed(run, agents, dispatches)
-    per_seed = n / seconds
-    return {
-        "mode": "sequential" if seeds > 1 else "single",
-        "seeds": seeds,
-        "batch_size": batch_size,
-        "per_seed_steps_per_s": per_seed,
-        "aggregate_steps_per_s": seeds * per_seed,
-        "median_aggregate_steps_per_s": seeds * n / median,
-        "samples_per_s": seeds * per_seed * batch_size,
-        "compile_s": compile_s,
-        "program_mb": program_mb(compiled),
-        "peak_mb": peak_mb()[0],
-        "finite": True,
-    }
+    mode = "sequential" if seeds > 1 else "single"
+    return result_row(mode, seeds, batch_size, n, seconds, median, compile_s, compiled, True)
 
 
 def plot(rows, path, title):

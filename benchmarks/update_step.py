@@ -36,16 +36,18 @@ from flowsoc.rl.train import fused_updates
 OBS, ACT, ROWS = 40, 5, 100_000
 
 
-def synthetic_table(key):
+def synthetic_table(key, rows: int = ROWS, obs: int = OBS, act: int = ACT) -> Transitions:
+    """A random offline table of `rows` transitions (episodes of 1000 steps); throughput does not
+    depend on the values. Shared by the benchmarks that time updates (scale.py, online.py)."""
     k = jr.split(key, 4)
-    terminals = (jnp.arange(ROWS) % 1000 == 999).astype(jnp.float32)
+    terminals = (jnp.arange(rows) % 1000 == 999).astype(jnp.float32)
     return Transitions(
-        observations=jr.normal(k[0], (ROWS, OBS)),
-        actions=jnp.clip(jr.normal(k[1], (ROWS, ACT)), -1, 1),
-        rewards=-jr.uniform(k[2], (ROWS,)),
-        masks=jnp.ones((ROWS,)),
+        observations=jr.normal(k[0], (rows, obs)),
+        actions=jnp.clip(jr.normal(k[1], (rows, act)), -1, 1),
+        rewards=-jr.uniform(k[2], (rows,)),
+        masks=jnp.ones((rows,)),
         terminals=terminals,
-        next_observations=jr.normal(k[3], (ROWS, OBS)),
+        next_observations=jr.normal(k[3], (rows, obs)),
     )
 
 
