@@ -497,6 +497,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
     agent = p.agent_cls.create(jr.key(args.seed), data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
     info = {"env": p.env, "agent": args.agent, "preset": mode, "protocol": "offline-to-online"}
     resume_online = args.resume and latest_online_checkpoint(p.run_dir) is not None
+    evaluator = ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args))  # one set of envs, both phases
     if resume_online:
         offline_agent = agent
     else:
@@ -505,7 +506,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
             agent,
             data,
             p.train_config,
-            evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
+            evaluator=evaluator,
             run_dir=p.run_dir,
             resume=args.resume and (p.run_dir / "checkpoint" / "meta.json").exists(),
             info=info,
@@ -516,7 +517,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
         data,
         online,
         factory,
-        evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
+        evaluator=evaluator,
         run_dir=p.run_dir,
         resume=resume_online,
         info=info,
