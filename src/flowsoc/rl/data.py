@@ -60,6 +60,7 @@ __all__ = [
     "UnknownDatasetError",
     "UnsupportedDatasetError",
     "add_transitions",
+    "append_transitions",
     "chunk_start_indices",
     "clip_actions",
     "resolve_data_dir",
@@ -445,6 +446,13 @@ def add_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer:
         size=jnp.minimum(buffer.size + k, buffer.capacity).astype(jnp.int32),
         pointer=((buffer.pointer + k) % buffer.capacity).astype(jnp.int32),
     )
+
+
+@eqx.filter_jit(donate="all")
+def append_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer:
+    """`add_transitions` compiled with `buffer` and `batch` donated: written in place, one
+    compilation per batch shape (the online loop and the expert trainer append fixed-size blocks)."""
+    return add_transitions(buffer, batch)
 
 
 class ChunkBatch(eqx.Module):

@@ -29,7 +29,7 @@ import jax.random as jr
 import numpy as np
 
 from .._checkpoint import save_tree
-from .data import ReplayBuffer, Transitions
+from .data import append_transitions, ReplayBuffer, Transitions
 from .envs import InProcessEnvs
 from .online import Collector
 from .sac import SAC, sac_updates, SACConfig
@@ -107,10 +107,7 @@ def train_expert(
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
     agent = SAC.create(jr.key(seed), obs_dim, action_dim, config)
     capacity = min(steps, 1_000_000)  # upstream's buffer: the last 1M transitions
-    z = lambda *shape: jnp.zeros((capacity, *shape), jnp.float32)  # noqa: E731
-    buffer = ReplayBuffer(
-        Transitions(z(obs_dim), z(action_dim), z(), z(), z(), z(obs_dim)), jnp.asarray(0), jnp.asarray(0)
-    )
+    buffer = ReplayBuffer.empty(capacity, (obs_dim,), action_dim)
     act = jax.jit(lambda a, o, k: a.sample_actions(o, k)[:, None, :])
     rng = np.random.default_rng(seed)
     collector = Collector(runner, seed)
@@ -118,9 +115,6 @@ def train_expert(
     recent: list[float] = []
     from tqdm.auto import tqdm
 
-    from .data import add_transitions
-
-    append = jax.jit(add_transitions, donate_argnums=0)
     bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
     done = 0
     try:
@@ -131,7 +125,7 @@ def train_expert(
                 current = agent
                 policy = lambda obs, i: np.asarray(act(current, jnp.asarray(obs), jr.fold_in(jr.key(seed + 1), i)))  # noqa: E731
             data, finished = collector.collect(policy, steps_per_dispatch)
-            buffer = append(buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
+            buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
             done += steps_per_dispatch
             row: dict[str, Any] = {"step": done, "updates": int(agent.step)}
             if done > seed_steps:

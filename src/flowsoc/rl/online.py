@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -41,7 +40,7 @@ import numpy as np
 
 from .._checkpoint import atomic_write, CheckpointError
 from .agents import AbstractFlowAgent
-from .data import add_transitions, ReplayBuffer, sparsify_rewards, Transitions
+from .data import _FIELDS, add_transitions, append_transitions, ReplayBuffer, sparsify_rewards, Transitions
 from .envs import EnvRunner, make_env_runner
 from .evaluate import agent_policy
 from .train import (
@@ -136,9 +135,6 @@ class OnlineConfig:
 
 
 # ---------------------------------------------------------------------------------- acting
-
-
-_FIELDS = ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -339,11 +335,6 @@ def load_online_checkpoint(
 # ---------------------------------------------------------------------------------- the loop
 
 
-@eqx.filter_jit(donate="all")
-def _append(buffer: ReplayBuffer, rows: Transitions) -> ReplayBuffer:
-    return add_transitions(buffer, rows)
-
-
 def with_kl_budget(agent: AbstractFlowAgent, kl_budget: float | None) -> AbstractFlowAgent:
     """`agent` with TRQAM's budget replaced (λ and its KL average are kept)."""
     if kl_budget is None or kl_budget == agent.config.kl_budget:
@@ -470,7 +461,7 @@ def train_online(
             else:
                 acting = agent
             rows, finished = collector.collect(policy_of(acting), per_env)
-            buffer = _append(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
+            buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
             env_step += n
             metrics: dict[str, np.ndarray] = {}
             if training:
