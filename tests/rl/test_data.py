@@ -119,9 +119,9 @@ def test_resolver_env_var_and_missing_files(data_root, tmp_path, monkeypatch):
     assert str(tmp_path / "cube-double-play-v0.npz") in msg
     assert "python -m flowsoc.rl.datagen cube-double-play-v0" in msg
     with pytest.raises(DatasetNotFoundError, match="expert"):
-        resolve_dataset("antmaze-large-navigate-singletask-v0")
+        resolve_dataset("humanoidmaze-large-navigate-singletask-v0")
     with pytest.raises(UnsupportedDatasetError, match="expert"):
-        resolve_dataset("antmaze-large-navigate-singletask-v0", generate=True)
+        resolve_dataset("humanoidmaze-large-navigate-singletask-v0", generate=True)
 
 
 def test_resolver_generates_when_asked(tmp_path):

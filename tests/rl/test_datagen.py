@@ -158,8 +158,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "name, needle",
     [
-        ("antmaze-large-navigate-v0", "expert"),
         ("humanoidmaze-medium-navigate-singletask-task1-v0", "expert"),
+        ("antmaze-giant-explore-v0", "no such dataset"),
         ("antsoccer-arena-navigate-v0", "expert"),
         ("visual-cube-single-play-v0", "visual"),
         ("powderworld-easy-play-v0", "powderworld"),
@@ -220,4 +220,17 @@ def test_names_and_recipes():
     assert official_recipe(parse_dataset_name("scene-play-v0")).episode_length == 1001
     assert official_recipe(parse_dataset_name("pointmaze-giant-navigate-v0")).episode_length == 2001
     assert official_recipe(parse_dataset_name("pointmaze-large-stitch-v0")).episodes == 5000
+    # The locomotion mazes (upstream commands.sh): expert rollouts with action noise 0.2 (explore: 1.0).
+    recipes = {
+        "antmaze-large-navigate-v0": (1000, 1001, 0.2),
+        "antmaze-giant-navigate-v0": (500, 2001, 0.2),
+        "antmaze-medium-stitch-v0": (5000, 201, 0.2),
+        "antmaze-large-explore-v0": (10000, 501, 1.0),
+        "humanoidmaze-medium-navigate-v0": (1000, 2001, 0.2),
+        "humanoidmaze-giant-navigate-v0": (1000, 4001, 0.2),
+        "humanoidmaze-large-stitch-v0": (5000, 401, 0.2),
+    }
+    for name, (episodes, length, noise) in recipes.items():
+        recipe = official_recipe(parse_dataset_name(name))
+        assert (recipe.episodes, recipe.episode_length, recipe.noise, recipe.oracle) == (episodes, length, noise, "expert")
     assert datagen.rollout_config(GenerateOptions(env="puzzle-4x5-play-v0"))[2:] == (3000, 300)

@@ -75,6 +75,27 @@ def test_sac_learns_a_contextual_bandit():
     assert int(agent.step) == 1500
 
 
+def test_sac_learns_to_hold_a_point_mass_at_the_origin():
+    """A 30-step control task (`PointMassEnv`): 3000 environment steps of SAC bring the deterministic
+    policy's return (-Σ|x|) far above both the untrained policy's and that of doing nothing."""
+    from tests.rl.toy_envs import PointMassEnv
+
+    from flowsoc.rl.experts import evaluate_expert, train_expert
+
+    config = SACConfig(actor_hidden=(32, 32), critic_hidden=(32, 32), learning_rate=3e-3, discount=0.9)
+    agent, rows = train_expert(
+        PointMassEnv, config, steps=3000, seed_steps=600, batch_size=64, steps_per_dispatch=300, progress=False
+    )
+    untrained = evaluate_expert(SAC.create(jr.key(0), 2, 1, config), PointMassEnv, episodes=20)["return"]
+    env, still = PointMassEnv(), []
+    for i in range(20):  # the same start states as the evaluation, holding a = 0
+        env.reset(seed=10_000 + i)
+        still.append(sum(-abs(float(env.step(np.zeros(1))[0][0])) for _ in range(env.length)))
+    learned = evaluate_expert(agent, PointMassEnv, episodes=20)["return"]
+    assert learned > 0.5 * np.mean(still) and learned > 0.5 * untrained, (learned, np.mean(still), untrained)
+    assert rows[-1]["return"] > rows[0]["return"] + 5  # the training episodes improve too
+
+
 def test_expert_training_loop_on_a_toy_environment():
     from tests.rl.toy_envs import BanditEnv
 

@@ -54,3 +54,30 @@ class BanditEnv(gym.Env):
         reward = 1.0 - 4.0 * (float(np.asarray(action)[0]) - best) ** 2
         obs = np.eye(3, dtype=np.float32)[self.ctx]
         return obs, reward, True, False, {"success": float(reward > 0.5)}
+
+
+class PointMassEnv(gym.Env):
+    """A damped point mass on a line, to be brought to the origin and held there: position and
+    velocity follow `x += 0.1 v`, `v = 0.9 v + 0.2 a` (a in [-1, 1]), the reward is `-|x|` per step,
+    episodes start at `x ~ U(-1, 1)`, `v = 0` and last 30 steps."""
+
+    length = 30
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.state = np.zeros(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = np.array([self.np_random.uniform(-1.0, 1.0), 0.0])
+        self.t = 0
+        return self.state.astype(np.float32), {}
+
+    def step(self, action):
+        x, v = self.state
+        a = float(np.clip(np.asarray(action)[0], -1.0, 1.0))
+        x, v = x + 0.1 * v, 0.9 * v + 0.2 * a
+        self.state, self.t = np.array([x, v]), self.t + 1
+        return self.state.astype(np.float32), -abs(x), False, self.t >= self.length, {"success": float(abs(x) < 0.1)}

@@ -18,9 +18,9 @@ _MAZE_SIZES = ("medium", "large", "giant", "teleport")
 _MANIP_TYPES = ("play", "noisy")
 _MAZE_TYPES = ("navigate", "stitch")
 
-# domain -> (variants or None, dataset types). Generation covers
-# cube/scene/puzzle/pointmaze; the rest
-# only parse, so that their official files (copied in by hand) still load.
+# domain -> (variants or None, dataset types). Generation covers cube/scene/puzzle/pointmaze,
+# antmaze (with the shipped ant expert) and humanoidmaze (given a humanoid expert); the rest only
+# parse, so that their official files (copied in by hand) still load.
 _GRAMMAR: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "cube": (_CUBE_SIZES + ("octuple",), _MANIP_TYPES),
     "scene": (None, _MANIP_TYPES),
@@ -31,7 +31,9 @@ _GRAMMAR: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "antsoccer": (("arena", "medium"), _MAZE_TYPES),
     "powderworld": (("easy", "medium", "hard"), ("play",)),
 }
-_GENERATABLE = ("cube", "scene", "puzzle", "pointmaze")
+_GENERATABLE = ("cube", "scene", "puzzle", "pointmaze", "antmaze", "humanoidmaze")
+EXPERT_DOMAINS = {"antmaze": "ant", "humanoidmaze": "humanoid"}
+"""Maze domains whose data are rollouts of a locomotion expert, and which expert."""
 
 # The task a bare `-singletask-` name stands for (OGBench's registration defaults).
 DEFAULT_TASK = {
@@ -50,7 +52,9 @@ SUPPORTED_HELP = (
     "Generatable here: cube-{single,double,triple,quadruple}-{play,noisy}-v0, "
     "scene-{play,noisy}-v0, "
     "puzzle-{3x3,4x4,4x5,4x6}-{play,noisy}-v0, "
-    "pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0; "
+    "pointmaze-{medium,large,giant,teleport}-{navigate,stitch}-v0, "
+    "antmaze-{medium,large,giant,teleport}-{navigate,stitch,explore}-v0 (the shipped ant expert), "
+    "humanoidmaze-{medium,large,giant}-{navigate,stitch}-v0 (with a humanoid expert you trained); "
     "each also with the suffixes -singletask[-taskN] or -oraclerep before -v0."
 )
 
@@ -105,9 +109,9 @@ class DatasetName:
         return self.domain in ("puzzle", "scene")
 
 
-def require_generatable(parsed: DatasetName) -> None:
-    """Raise `UnsupportedDatasetError`, naming what is missing, if `parsed` cannot be
-    generated here.
+def require_generatable(parsed: DatasetName, expert: str | None = None) -> None:
+    """Raise `UnsupportedDatasetError`, naming what is missing, if `parsed` cannot be generated
+    here (`expert`: the expert actor file given for antmaze / humanoidmaze, if any).
     """
     name, domain = parsed.name, parsed.domain
     copy_hint = (
@@ -124,17 +128,18 @@ def require_generatable(parsed: DatasetName) -> None:
             "state-based dataset "
             f"{name[len('visual-') :]!r}, or: {copy_hint}"
         )
-    if domain in ("antmaze", "humanoidmaze", "antsoccer"):
+    if domain == "humanoidmaze" and expert is None:
         raise UnsupportedDatasetError(
-            f"{name!r}: OGBench makes {domain} data by rolling out pretrained SAC "
-            "expert policies "
-            "(upstream data_gen_scripts/generate_locomaze.py or generate_antsoccer.py "
-            "with "
-            "--restore_path=experts/...; the experts are experts.tar.gz on the "
-            "OGBench dataset host). "
-            "Neither the ogbench pip package nor PyPI ships those experts, and random "
-            "actions are no "
-            f"substitute, so this dataset cannot be generated here. {copy_hint}"
+            f"{name!r}: OGBench makes humanoidmaze data by rolling out a SAC humanoid expert, and none "
+            "ships with flowsoc (upstream trains it for 40M environment steps, days on a CPU). Train one "
+            "with `python -m flowsoc.rl.experts --expert humanoid --out DIR` (best on a GPU) and pass "
+            f"`--expert DIR/actor.npz`, or: {copy_hint}"
+        )
+    if domain == "antsoccer":
+        raise UnsupportedDatasetError(
+            f"{name!r}: OGBench makes antsoccer data with two pretrained experts (the ant and an "
+            "ant dribbling a ball, upstream data_gen_scripts/generate_antsoccer.py); flowsoc trains "
+            f"and ships the ant expert only, so this dataset cannot be generated here. {copy_hint}"
         )
     if domain == "powderworld":
         raise UnsupportedDatasetError(f"{name!r}: flowsoc does not generate powderworld datasets. {copy_hint}")
@@ -144,6 +149,10 @@ def require_generatable(parsed: DatasetName) -> None:
             "generates "
             "cube-{single,double,triple,quadruple} only."
         )
+    if (domain == "humanoidmaze" and parsed.variant == "teleport") or (
+        parsed.dataset_type == "explore" and parsed.variant == "giant"
+    ):
+        raise UnsupportedDatasetError(f"{name!r}: OGBench has no such dataset (no recipe upstream).")
     assert domain in _GENERATABLE
 
 
@@ -224,10 +233,9 @@ class Recipe:
     episodes: int  # training episodes; the validation file holds episodes // 10 more
     episode_length: int  # env steps per episode (the TimeLimit); 1001 for most datasets
     p_random_action: float  # probability of a uniformly random action instead of the oracle's
-    # manipulation: plan-oracle noise or markov noise ceiling; pointmaze: action
-    # noise std
+    # manipulation: plan-oracle noise or markov noise ceiling; mazes: action noise std
     noise: float
-    oracle: Literal["plan", "markov", "maze"]
+    oracle: Literal["plan", "markov", "maze", "expert"]
 
 
 def official_recipe(parsed: DatasetName) -> Recipe:
@@ -238,6 +246,18 @@ def official_recipe(parsed: DatasetName) -> Recipe:
         if parsed.variant == "giant":
             return Recipe(500, 2001, 0.0, 0.5, "maze")
         return Recipe(1000, 1001, 0.0, 0.5, "maze")
+    if parsed.domain == "antmaze":
+        if parsed.dataset_type == "stitch":
+            return Recipe(5000, 201, 0.0, 0.2, "expert")
+        if parsed.dataset_type == "explore":
+            return Recipe(10000, 501, 0.0, 1.0, "expert")
+        if parsed.variant == "giant":
+            return Recipe(500, 2001, 0.0, 0.2, "expert")
+        return Recipe(1000, 1001, 0.0, 0.2, "expert")
+    if parsed.domain == "humanoidmaze":
+        if parsed.dataset_type == "stitch":
+            return Recipe(5000, 401, 0.0, 0.2, "expert")
+        return Recipe(1000, 4001 if parsed.variant == "giant" else 2001, 0.0, 0.2, "expert")
     episodes = {"triple": 3000, "quadruple": 5000, "4x5": 3000, "4x6": 5000}.get(parsed.variant, 1000)
     if parsed.dataset_type == "play":
         return Recipe(episodes, 1001, 0.0, 0.1, "plan")

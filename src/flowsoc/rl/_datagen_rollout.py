@@ -15,7 +15,10 @@ on how episodes are spread over processes. The protocol follows upstream OGBench
 - scene episodes failing the cube-visibility health check are discarded and redrawn;
 - pointmaze: the action is the unit direction to the BFS subgoal plus N(0, 0.5^2) noise;
   `navigate` resamples the goal (a vertex cell) on success, `stitch` aims at a cell four
-  BFS steps away.
+  BFS steps away;
+- antmaze / humanoidmaze: the same subgoals, but the action is the locomotion expert's
+  tanh(mu(s)) on the state without x-y plus the unit subgoal direction, plus N(0, 0.2^2)
+  noise; `explore` follows a random direction redrawn every 10 steps, with noise 1.0.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class RolloutConfig:
     noise: float
     noise_smoothing: float = 0.5  # plan oracles only
     min_norm: float = 0.4  # markov oracles only
+    expert: str | None = None  # antmaze / humanoidmaze: the expert's actor file (or a shipped name)
 
 
 _STATE: dict[str, Any] = {}
@@ -59,7 +63,7 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
     import gymnasium
     import ogbench  # noqa: F401  (registers the environments)
 
-    if cfg.domain == "pointmaze":
+    if cfg.domain in ("pointmaze", "antmaze", "humanoidmaze"):
         env = gymnasium.make(cfg.env_id, terminate_at_goal=False, max_episode_steps=cfg.episode_length)
         maze = np.asarray(getattr(env.unwrapped, "maze_map"))
         free = [(i, j) for i in range(maze.shape[0]) for j in range(maze.shape[1]) if maze[i, j] == 0]
@@ -70,7 +74,14 @@ def _build(cfg: RolloutConfig) -> dict[str, Any]:
             return bool(vertical or horizontal)
 
         vertices = [c for c in free if not corridor(*c)]
-        return dict(env=env, maze=maze, free=free, vertices=vertices)
+        actor = None
+        if cfg.domain != "pointmaze":
+            from ._expert_actor import EXPERT_OBS_DIM, load_expert
+
+            if cfg.expert is None:
+                raise ValueError(f"{cfg.env_id}: an expert policy is needed (RolloutConfig.expert)")
+            actor = load_expert(cfg.expert, obs_dim=EXPERT_OBS_DIM[cfg.domain], action_dim=env.action_space.shape[0])
+        return dict(env=env, maze=maze, free=free, vertices=vertices, actor=actor)
 
     from ogbench.manipspace.oracles.markov.button_markov import ButtonMarkovOracle
     from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
@@ -228,23 +239,33 @@ def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) 
 
 
 def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray]:
-    env, free, vertices = st["env"], st["free"], st["vertices"]
+    env, free, vertices, actor = st["env"], st["free"], st["vertices"], st["actor"]
     u = env.unwrapped
     env_seed = _seed_episode(env, cfg, episode, attempt)
     init_ij = free[np.random.randint(len(free))]
-    if cfg.dataset_type == "navigate":
-        goal_ij = vertices[np.random.randint(len(vertices))]
-    else:  # stitch: a goal four cells away
+    if cfg.dataset_type == "stitch":  # a goal four cells away
         near = _cells_at_distance(st["maze"], init_ij, 4)
         goal_ij = near[np.random.randint(len(near))] if near else init_ij
+    else:
+        goal_ij = vertices[np.random.randint(len(vertices))]
     ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
     steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
-    done = False
+    done, step = False, 0
     while not done:
-        subgoal_xy, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
-        direction = subgoal_xy - u.get_xy()
-        direction = direction / (np.linalg.norm(direction) + 1e-6)
-        action = np.clip(direction + np.random.normal(0.0, cfg.noise, direction.shape), -1.0, 1.0)
+        if cfg.dataset_type == "explore":
+            if step % 10 == 0:
+                wander = np.random.randn(2)
+                wander = wander / (np.linalg.norm(wander) + 1e-6)
+            direction = wander
+        else:
+            subgoal_xy, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
+            direction = subgoal_xy - u.get_xy()
+            direction = direction / (np.linalg.norm(direction) + 1e-6)
+        if actor is None:
+            action = direction
+        else:  # the expert walks in the direction, from the state without its x-y position
+            action = actor(np.concatenate([u.get_ob(ob_type="states")[2:], direction]))
+        action = np.clip(action + np.random.normal(0.0, cfg.noise, action.shape), -1.0, 1.0)
         next_ob, _, terminated, truncated, info = env.step(action)
         done = bool(terminated or truncated)
         if info["success"] and cfg.dataset_type == "navigate":
@@ -255,6 +276,7 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
         steps["qpos"].append(info["prev_qpos"])
         steps["qvel"].append(info["prev_qvel"])
         ob = next_ob
+        step += 1
     return _pack(steps)
 
 
@@ -267,7 +289,7 @@ def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
     """
     st = _state(cfg)
     for attempt in range(1000):
-        if cfg.domain == "pointmaze":
+        if "maze" in cfg.domain:
             return _maze_episode(cfg, st, episode, attempt)
         out = _manip_episode(cfg, st, episode, attempt)
         if out is not None:

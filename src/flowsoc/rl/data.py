@@ -123,7 +123,7 @@ def resolve_dataset(
     Raises `DatasetNotFoundError` (with the generation command) when the files are absent
     and `generate` is off, `DatasetError` when only one of the pair exists, and
     `UnsupportedDatasetError` when generation is asked for a dataset that cannot be made
-    here (antmaze, humanoidmaze, antsoccer: no expert policies).
+    here (humanoidmaze without a humanoid expert, antsoccer, visual datasets).
     """
     parsed = parse_dataset_name(name)
     train, val = dataset_paths(name, data_dir)

@@ -13,8 +13,13 @@ The protocol follows upstream OGBench's `data_gen_scripts/` (see `_datagen_rollo
 Data depend only on the options and `--seed`: each episode is seeded from `(seed,
 episode index)`, so any worker count gives identical files. Files are written to a
 temporary name in the same directory and renamed, so a file under the final name is
-always complete. Antmaze, humanoidmaze and antsoccer are refused: their datasets are
-rollouts of pretrained expert policies that are not available here.
+always complete.
+
+Antmaze data are rollouts of the ant expert that ships with flowsoc (trained by
+`python -m flowsoc.rl.experts`, SAC with upstream's recipe) following the maze's oracle
+subgoals; humanoidmaze needs a humanoid expert trained the same way and passed as
+`--expert DIR/actor.npz`. Antsoccer is refused (its second expert, the ant dribbling a
+ball, is not trained here).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import tyro
 
 from ._datagen_recipes import (
     DatasetName,
+    EXPERT_DOMAINS,
     official_recipe,
     parse_dataset_name,
     require_generatable,
@@ -96,6 +102,10 @@ class GenerateOptions:
     Probability of a uniform random action (default: 0 for play, 0.1 noisy, 0.2 puzzle
     noisy).
     """
+    expert: str | None = None
+    """antmaze / humanoidmaze: the locomotion expert's actor.npz (default for antmaze: the
+    ant expert shipped with flowsoc).
+    """
     overwrite: bool = False
     """Regenerate even if both files already exist."""
     progress: bool = True
@@ -133,7 +143,7 @@ def rollout_config(
     Resolve defaults: `(parsed name, per-episode config, train episodes, val episodes)`.
     """
     parsed = parse_dataset_name(options.env)
-    require_generatable(parsed)
+    require_generatable(parsed, options.expert)
     recipe = official_recipe(parsed)
     episodes = recipe.episodes if options.episodes is None else options.episodes
     val = max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
@@ -153,8 +163,21 @@ def rollout_config(
         episode_length=length,
         p_random_action=recipe.p_random_action if options.p_random_action is None else options.p_random_action,
         noise=recipe.noise if options.noise is None else options.noise,
+        expert=expert_file(parsed, options.expert),
     )
     return parsed, cfg, episodes, val
+
+
+def expert_file(parsed: DatasetName, expert: str | None) -> str | None:
+    """The expert actor file the rollouts of `parsed` use (`None` for oracle-driven domains),
+    checked here, before any worker starts: raises `ExpertError` if it is unusable."""
+    if parsed.domain not in EXPERT_DOMAINS:
+        return None
+    from ._expert_actor import EXPERT_ACTION_DIM, EXPERT_OBS_DIM, load_expert, SHIPPED
+
+    name = expert if expert is not None else EXPERT_DOMAINS[parsed.domain]
+    load_expert(name, obs_dim=EXPERT_OBS_DIM[parsed.domain], action_dim=EXPERT_ACTION_DIM[parsed.domain])
+    return str(SHIPPED[name]) if name in SHIPPED else str(Path(name).expanduser().resolve())
 
 
 def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
@@ -243,6 +266,7 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         generator="flowsoc.rl.datagen",
         options=dataclasses.asdict(options),
         resolved=dataclasses.asdict(cfg),
+        expert_sha256=None if cfg.expert is None else _sha256(cfg.expert),
         train_episodes=n_train,
         val_episodes=n_val,
         seconds=round(seconds, 2),
@@ -260,6 +284,12 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         seconds,
         False,
     )
+
+
+def _sha256(path: str) -> str:
+    from ._expert_actor import file_sha256
+
+    return file_sha256(Path(path))
 
 
 def _versions() -> dict[str, str]:
@@ -288,6 +318,7 @@ def generate_command(name: str, episodes: int | None = None, workers: int | None
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m flowsoc.rl.datagen --help`)."""
     from ._datagen_recipes import DatasetError
+    from ._expert_actor import ExpertError
 
     Cli = Annotated[GenerateOptions, tyro.conf.arg(name="")]
     try:
@@ -306,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         result = generate(options)
-    except DatasetError as e:
+    except (DatasetError, ExpertError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.skipped:

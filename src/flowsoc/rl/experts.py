@@ -10,8 +10,10 @@ by SAC (`flowsoc.rl.sac`), following upstream's protocol (`data_gen_scripts/main
   it as a background job).
 
 Environment steps and updates alternate in blocks (`steps_per_dispatch` steps, then as many
-updates fused into one compiled scan). The result is a directory with `expert.eqx` (the SAC state),
-`expert.json` (how it was trained and its evaluation return) and `train.csv`.
+updates fused into one compiled scan). The result is a directory with `actor.npz` (the policy
+the dataset generator loads, see `load_expert`), `expert.eqx` (the whole SAC state),
+`expert.json` (how it was trained and its evaluation return) and `train.jsonl` (one row per
+block).
 
     python -m flowsoc.rl.experts --expert ant --out experts/ant
 """
@@ -29,6 +31,7 @@ import jax.random as jr
 import numpy as np
 
 from .._checkpoint import save_tree
+from ._expert_actor import ExpertError, file_sha256, load_expert, NumpyActor, SHIPPED
 from .data import append_transitions, ReplayBuffer, Transitions
 from .envs import InProcessEnvs
 from .online import Collector
@@ -42,7 +45,7 @@ class ExpertArgs:
     expert: Literal["ant", "humanoid"] = "ant"
     """Which expert: the ant (antmaze) or the humanoid (humanoidmaze)."""
     out: str = "experts/ant"
-    """Output directory (expert.eqx, expert.json, train.csv)."""
+    """Output directory (actor.npz, expert.eqx, expert.json, train.jsonl)."""
     steps: int | None = None
     """Environment steps (default: 400,000 for the ant, 40,000,000 for the humanoid)."""
     seed_steps: int = 10_000
@@ -57,6 +60,8 @@ class ExpertArgs:
     """Episodes of the deterministic policy evaluated at the end."""
     seed: int = 0
     """Seed of the networks, the actions and the resets."""
+    snapshot_every: int = 50_000
+    """Save the agent to `snapshot.eqx` every this many environment steps while training."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -92,11 +97,12 @@ def train_expert(
     steps_per_dispatch: int = 1000,
     seed: int = 0,
     progress: bool = True,
-    log: Callable[[dict], None] | None = None,
+    log: Callable[[SAC, dict], None] | None = None,
 ) -> tuple[SAC, list[dict]]:
     """SAC in the environments of `env_factory` for `steps` environment steps (random actions for
     the first `seed_steps`, then one update per `update_every` steps, from a replay buffer of every
-    transition). Returns the agent and one row of metrics per block."""
+    transition). Returns the agent and one row of metrics per block; `log(agent, row)` is called
+    after every block."""
     if steps % steps_per_dispatch or steps_per_dispatch % update_every:
         raise ValueError(
             f"steps={steps} must be a multiple of steps_per_dispatch={steps_per_dispatch}, itself a multiple of "
@@ -108,7 +114,12 @@ def train_expert(
     agent = SAC.create(jr.key(seed), obs_dim, action_dim, config)
     capacity = min(steps, 1_000_000)  # upstream's buffer: the last 1M transitions
     buffer = ReplayBuffer.empty(capacity, (obs_dim,), action_dim)
-    act = jax.jit(lambda a, o, k: a.sample_actions(o, k)[:, None, :])
+    act_key = jr.key(seed + 1)
+
+    @jax.jit
+    def act(actor, obs, i):  # one chunk of one action per environment, from the actor alone
+        return jax.vmap(actor.sample)(obs, jr.split(jr.fold_in(act_key, i), obs.shape[0]))[0][:, None]
+
     rng = np.random.default_rng(seed)
     collector = Collector(runner, seed)
     rows: list[dict] = []
@@ -122,8 +133,8 @@ def train_expert(
             if done < seed_steps:
                 policy = lambda obs, i: rng.uniform(-1, 1, (len(obs), 1, action_dim))  # noqa: E731
             else:
-                current = agent
-                policy = lambda obs, i: np.asarray(act(current, jnp.asarray(obs), jr.fold_in(jr.key(seed + 1), i)))  # noqa: E731
+                actor = agent.nets.actor
+                policy = lambda obs, i: np.asarray(act(actor, np.asarray(obs, np.float32), i))  # noqa: E731
             data, finished = collector.collect(policy, steps_per_dispatch)
             buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
             done += steps_per_dispatch
@@ -139,7 +150,7 @@ def train_expert(
                 row["return"] = float(np.mean(recent))
             rows.append(row)
             if log is not None:
-                log(row)
+                log(agent, row)
             bar.update(steps_per_dispatch)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("return", "critic_loss", "alpha") if k in row}, refresh=False)
     finally:
@@ -165,8 +176,23 @@ def evaluate_expert(agent: SAC, env_factory: Callable[[], Any], episodes: int, s
     return {"return": float(np.mean(returns)), "return_std": float(np.std(returns)), "length": float(np.mean(lengths))}
 
 
+def export_actor(agent: SAC, path: str | pathlib.Path) -> NumpyActor:
+    """Write the agent's actor to `path` (`weight_k`, `bias_k` per layer, float32), the form the dataset
+    generator loads (`load_expert`); returns it as a `NumpyActor`."""
+    layers = agent.nets.actor.mlp.layers
+    arrays: dict[str, np.ndarray] = {}
+    for k, layer in enumerate(layers):
+        arrays[f"weight_{k}"] = np.asarray(layer.weight, np.float32)
+        arrays[f"bias_{k}"] = np.asarray(layer.bias, np.float32)
+    path = pathlib.Path(path)
+    with path.open("wb") as f:
+        np.savez(f, **arrays)
+    return load_expert(path)
+
+
 def main(args: ExpertArgs) -> pathlib.Path:
-    """Train, evaluate and save the expert described by `args`."""
+    """Train, evaluate and save the expert described by `args`. `train.jsonl` gets one row per block
+    and `snapshot.eqx` the agent every `snapshot_every` steps while it trains."""
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (400_000 if args.expert == "ant" else 40_000_000)
@@ -174,24 +200,33 @@ def main(args: ExpertArgs) -> pathlib.Path:
     config = expert_config(args.expert)
     factory = lambda: make_xy_env(args.expert)  # noqa: E731
     started = time.time()
-    csv_rows: list[dict] = []
-    agent, rows = train_expert(
-        factory,
-        config,
-        steps=steps,
-        seed_steps=args.seed_steps,
-        update_every=update_every,
-        batch_size=args.batch_size,
-        steps_per_dispatch=args.steps_per_dispatch,
-        seed=args.seed,
-        progress=args.progress,
-        log=csv_rows.append,
-    )
+    log_file = (out / "train.jsonl").open("w")
+
+    def log(agent: SAC, row: dict) -> None:
+        log_file.write(json.dumps({**row, "wall_s": round(time.time() - started, 1)}) + "\n")
+        log_file.flush()
+        if row["step"] % args.snapshot_every == 0:
+            save_tree(out / "snapshot.eqx", agent)
+
+    try:
+        agent, rows = train_expert(
+            factory,
+            config,
+            steps=steps,
+            seed_steps=args.seed_steps,
+            update_every=update_every,
+            batch_size=args.batch_size,
+            steps_per_dispatch=args.steps_per_dispatch,
+            seed=args.seed,
+            progress=args.progress,
+            log=log,
+        )
+    finally:
+        log_file.close()
     evaluation = evaluate_expert(agent, factory, args.eval_episodes, args.seed)
     save_tree(out / "expert.eqx", agent)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(columns)] + [",".join(str(r.get(k, "")) for k in columns) for r in rows]
-    (out / "train.csv").write_text("\n".join(lines) + "\n")
+    export_actor(agent, out / "actor.npz")
+    (out / "snapshot.eqx").unlink(missing_ok=True)
     record = {
         "expert": args.expert,
         "args": dataclasses.asdict(args),
@@ -199,6 +234,7 @@ def main(args: ExpertArgs) -> pathlib.Path:
         "steps": steps,
         "updates": int(agent.step),
         "evaluation": evaluation,
+        "actor_sha256": file_sha256(out / "actor.npz"),
         "wall_s": round(time.time() - started, 1),
         "jax": jax.__version__,
     }
@@ -214,3 +250,17 @@ if __name__ == "__main__":
     import tyro
 
     main(tyro.cli(ExpertArgs))
+
+
+__all__ = [
+    "ExpertArgs",
+    "ExpertError",
+    "NumpyActor",
+    "SHIPPED",
+    "evaluate_expert",
+    "expert_config",
+    "export_actor",
+    "load_expert",
+    "make_xy_env",
+    "train_expert",
+]

@@ -1,0 +1,146 @@
+"""The locomotion experts: the exported NumPy actor equals the SAC actor, the loader rejects bad
+files, antmaze data generate with an expert and load through OGBench's loader, and the shipped ant
+expert walks to a nearby goal in a maze."""
+
+import json
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from flowsoc.rl import datagen
+from flowsoc.rl._expert_actor import file_sha256
+from flowsoc.rl.datagen import generate, GenerateOptions
+from flowsoc.rl.experts import ExpertError, export_actor, load_expert, SHIPPED
+from flowsoc.rl.sac import SAC, SACConfig
+
+
+@pytest.fixture(scope="module")
+def random_ant(tmp_path_factory):
+    """An untrained ant-sized SAC agent and its exported actor file."""
+    agent = SAC.create(jr.key(0), 29, 8, SACConfig(actor_final_scale=1.0))
+    path = tmp_path_factory.mktemp("expert") / "actor.npz"
+    export_actor(agent, path)
+    return agent, path
+
+
+def test_numpy_actor_equals_the_sac_actor(random_ant):
+    agent, path = random_ant
+    actor = load_expert(path, obs_dim=29, action_dim=8)
+    obs = np.asarray(jr.normal(jr.key(1), (16, 29)), np.float32)
+    expected = np.asarray(agent.sample_actions(jnp.asarray(obs), jr.key(0), deterministic=True))
+    assert np.abs(expected).max() > 0.3  # a non-trivial check: actions are far from zero
+    np.testing.assert_allclose(actor(obs), expected, atol=2e-6)
+    np.testing.assert_allclose(actor(obs[3]), expected[3], atol=2e-6)
+
+
+def test_loader_rejects_bad_expert_files(random_ant, tmp_path):
+    _, good = random_ant
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+
+    def write(name, **changes):
+        path = tmp_path / name
+        np.savez(path, **{k: v for k, v in {**arrays, **changes}.items() if v is not None})
+        return path
+
+    with pytest.raises(ExpertError, match="no expert file"):
+        load_expert(tmp_path / "absent.npz")
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ExpertError, match="not a readable expert file"):
+        load_expert(corrupt)
+    with pytest.raises(ExpertError, match="expected arrays"):
+        load_expert(write("missing.npz", bias_1=None))
+    with pytest.raises(ExpertError, match="do not chain"):
+        load_expert(write("chain.npz", weight_1=arrays["weight_1"][:, :10]))
+    with pytest.raises(ExpertError, match="NaN"):
+        load_expert(write("nan.npz", bias_0=np.full_like(arrays["bias_0"], np.nan)))
+    with pytest.raises(ExpertError, match="gives 69"):
+        load_expert(good, obs_dim=69)
+    with pytest.raises(ExpertError, match="takes 21"):
+        load_expert(good, action_dim=21)
+    # A record beside the file pins its checksum.
+    pinned = write("pinned.npz")
+    (tmp_path / "pinned.json").write_text(json.dumps({"actor_sha256": file_sha256(pinned)}))
+    assert load_expert(pinned).obs_dim == 29
+    np.savez(pinned, **{**arrays, "bias_0": arrays["bias_0"] + 1})
+    with pytest.raises(ExpertError, match="SHA-256 differs"):
+        load_expert(pinned)
+
+
+def test_antmaze_generates_with_an_expert_and_loads_through_ogbench(random_ant, tmp_path):
+    import ogbench
+
+    _, expert = random_ant
+    result = generate(
+        GenerateOptions(
+            env="antmaze-medium-navigate-v0",
+            episodes=2,
+            val_episodes=1,
+            episode_length=31,
+            expert=str(expert),
+            data_dir=str(tmp_path),
+            progress=False,
+        )
+    )
+    assert (result.train_steps, result.val_steps) == (62, 31)
+    raw = np.load(result.train_path)
+    assert set(raw.files) == {"observations", "actions", "terminals", "qpos", "qvel"}
+    assert raw["observations"].shape == (62, 29) and raw["qpos"].shape == (62, 15) and raw["qvel"].shape == (62, 14)
+    assert raw["actions"].shape == (62, 8) and np.abs(raw["actions"]).max() <= 1.0
+    env, train, val = ogbench.make_env_and_datasets("antmaze-medium-navigate-v0", dataset_path=str(result.train_path))
+    assert env.observation_space.shape == (29,)
+    assert train["observations"].shape == (60, 29) and val["actions"].shape == (30, 8)
+    assert train["terminals"].sum() == 2
+    meta = json.loads(result.train_path.with_suffix(".json").read_text())
+    assert meta["resolved"]["expert"] == str(expert.resolve()) and meta["expert_sha256"] == file_sha256(expert)
+    # The same file from the same seed, with two workers.
+    again = generate(
+        GenerateOptions(
+            env="antmaze-medium-navigate-v0",
+            episodes=2,
+            val_episodes=1,
+            episode_length=31,
+            expert=str(expert),
+            workers=2,
+            out=str(tmp_path / "again" / "a.npz"),
+            progress=False,
+        )
+    )
+    np.testing.assert_array_equal(np.load(again.train_path)["actions"], raw["actions"])
+
+
+def test_humanoidmaze_needs_an_expert_of_the_right_size(random_ant, tmp_path, capsys):
+    _, ant = random_ant
+    with pytest.raises(ExpertError, match="29-dimensional observations but this environment gives 69"):
+        generate(GenerateOptions(env="humanoidmaze-medium-navigate-v0", expert=str(ant), data_dir=str(tmp_path)))
+    args = ["humanoidmaze-medium-navigate-v0", "--expert", str(tmp_path / "none.npz"), "--data-dir", str(tmp_path)]
+    assert datagen.main(args) == 2
+    assert "no expert file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not SHIPPED["ant"].exists(), reason="no shipped ant expert")
+def test_shipped_ant_expert_walks_to_a_nearby_goal():
+    """In antmaze-medium, from a cell next to the goal cell, the shipped expert following the maze's
+    oracle subgoals (no action noise) reaches the goal within 200 steps in most trials."""
+    import gymnasium
+    import ogbench  # noqa: F401
+
+    actor = load_expert("ant", obs_dim=29, action_dim=8)
+    env = gymnasium.make("antmaze-medium-v0", terminate_at_goal=True, max_episode_steps=200)
+    u = env.unwrapped
+    pairs = [((1, 1), (1, 2)), ((1, 2), (2, 2)), ((3, 2), (3, 3)), ((4, 4), (4, 5)), ((6, 6), (6, 5))]
+    reached = 0
+    for seed, (init_ij, goal_ij) in enumerate(pairs):
+        assert u.maze_map[init_ij] == 0 and u.maze_map[goal_ij] == 0
+        env.reset(seed=seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
+        for _ in range(200):
+            subgoal, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
+            direction = (subgoal - u.get_xy()) / (np.linalg.norm(subgoal - u.get_xy()) + 1e-6)
+            _, _, terminated, truncated, info = env.step(actor(np.concatenate([u.get_ob()[2:], direction])))
+            if terminated or truncated:
+                break
+        reached += bool(info["success"])
+    assert reached >= 4, f"reached {reached} of {len(pairs)} nearby goals"
