@@ -1,6 +1,7 @@
 """The generator: official file format, OGBench's loader, determinism, atomic writes,
 refusals."""
 
+import json
 import os
 import shutil
 
@@ -235,3 +236,36 @@ def test_names_and_recipes():
         assert (recipe.episodes, recipe.episode_length, recipe.noise) == (episodes, length, noise)
         assert recipe.oracle == "expert"
     assert datagen.rollout_config(GenerateOptions(env="puzzle-4x5-play-v0"))[2:] == (3000, 300)
+
+
+def test_navigate_records_goals_reached(tmp_path):
+    """The maze oracle reaches and replaces goal after goal in a navigate episode; the generator
+    records how many in the dataset's JSON record (not in the data file)."""
+    result = _small("pointmaze-medium-navigate-v0", tmp_path, episodes=2, episode_length=1001)
+    meta = json.loads(result.train_path.with_suffix(".json").read_text())
+    goals = meta["goals_reached"]
+    assert goals["per_episode"] >= 2 and goals["episodes_with_a_goal"] == 1.0
+    assert goals["total"] == round(2 * goals["per_episode"])
+    assert "_goals_reached" not in np.load(result.train_path).files
+
+
+def test_maze_stats_on_a_hand_made_file(tmp_path):
+    """Coverage, speed and episode counts of a file whose path is known cell by cell."""
+    import gymnasium
+    import ogbench  # noqa: F401
+
+    u = gymnasium.make("antmaze-medium-v0").unwrapped
+    free = int((np.asarray(u.maze_map) == 0).sum())
+    cells = [(1, 1), (1, 2), (2, 2), (1, 1), (6, 6), (6, 5)]  # two episodes of three steps, five cells
+    xy = np.array([u.ij_to_xy(c) for c in cells])
+    qpos = np.zeros((6, 15), np.float32)
+    qpos[:, :2], qpos[:, 2] = xy, [0.5, 0.5, 0.5, 0.5, 0.1, 0.5]  # one step with the torso on the ground
+    terminals = np.array([0, 0, 1, 0, 0, 1], bool)
+    np.savez(tmp_path / "antmaze-medium-navigate-v0.npz", qpos=qpos, terminals=terminals)
+    stats = datagen.maze_stats(tmp_path / "antmaze-medium-navigate-v0.npz")
+    steps = [np.linalg.norm(xy[1] - xy[0]), np.linalg.norm(xy[2] - xy[1])]
+    steps += [np.linalg.norm(xy[4] - xy[3]), np.linalg.norm(xy[5] - xy[4])]
+    assert stats["episodes"] == 2 and stats["steps"] == 6 and stats["mean_episode_length"] == 3.0
+    assert stats["coverage"] == pytest.approx(5 / free)
+    assert stats["mean_xy_step"] == pytest.approx(np.mean(steps))
+    assert stats["upright"] == pytest.approx(5 / 6)

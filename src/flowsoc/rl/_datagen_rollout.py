@@ -50,6 +50,11 @@ class RolloutConfig:
 
 _STATE: dict[str, Any] = {}
 
+GOALS_KEY = "_goals_reached"
+"""Maze episodes also return the number of commanded goals reached (navigate: each reached goal
+is replaced by a new one; stitch and explore: 0 or 1) under this key, which is not written to the
+data file."""
+
 
 def _quiet_imports() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -250,7 +255,7 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
         goal_ij = vertices[np.random.randint(len(vertices))]
     ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
     steps: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
-    done, step = False, 0
+    done, step, goals = False, 0, 0
     while not done:
         if cfg.dataset_type == "explore":
             if step % 10 == 0:
@@ -270,6 +275,9 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
         done = bool(terminated or truncated)
         if info["success"] and cfg.dataset_type == "navigate":
             u.set_goal(vertices[np.random.randint(len(vertices))])
+            goals += 1
+        elif info["success"] and goals == 0:
+            goals = 1  # stitch / explore: whether the goal was reached at all
         steps["observations"].append(ob)
         steps["actions"].append(action)
         steps["terminals"].append(done)
@@ -277,7 +285,7 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
         steps["qvel"].append(info["prev_qvel"])
         ob = next_ob
         step += 1
-    return _pack(steps)
+    return {**_pack(steps), GOALS_KEY: np.array([goals])}
 
 
 def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:

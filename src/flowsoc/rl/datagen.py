@@ -45,7 +45,7 @@ from ._datagen_recipes import (
     parse_dataset_name,
     require_generatable,
 )
-from ._datagen_rollout import rollout_episode, RolloutConfig, worker_episode
+from ._datagen_rollout import GOALS_KEY, rollout_episode, RolloutConfig, worker_episode
 
 
 DATA_DIR_ENV = "FLOWSOC_DATA_DIR"
@@ -252,8 +252,11 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         disable=not options.progress,
         file=sys.stderr,
     )
+    goals: list[int] = []
     with bar:
         for arrays in _episodes(cfg, total, options.workers):
+            if GOALS_KEY in arrays:
+                goals.append(int(arrays.pop(GOALS_KEY)[0]))
             collected.append(arrays)
             bar.update(len(arrays["terminals"]))
     seconds = time.perf_counter() - start
@@ -269,6 +272,7 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         expert_sha256=None if cfg.expert is None else _sha256(cfg.expert),
         train_episodes=n_train,
         val_episodes=n_val,
+        goals_reached=_goal_stats(goals[:n_train]) if goals else None,
         seconds=round(seconds, 2),
         versions=_versions(),
     )
@@ -284,6 +288,47 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         seconds,
         False,
     )
+
+
+def maze_stats(path: str | os.PathLike, env_id: str | None = None) -> dict[str, Any]:
+    """Statistics of a maze dataset file (ours or an official one): episodes, steps, the share of
+    the maze's free cells that the agent's x-y visits (coverage), the mean x-y speed per step, and
+    for the ant and humanoid the share of steps with the torso at a walking height (ant
+    0.2 < z < 1, the gym Ant's healthy range; humanoid z > 1)."""
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments)
+
+    path = Path(path)
+    env_id = env_id or parse_dataset_name(path.name[: -len(".npz")].removesuffix("-val")).env_id
+    with np.load(path) as f:
+        qpos, terminals = f["qpos"], f["terminals"]
+    u = gymnasium.make(env_id).unwrapped
+    maze = np.asarray(u.maze_map)
+    free = {(i, j) for i in range(maze.shape[0]) for j in range(maze.shape[1]) if maze[i, j] == 0}
+    visited = {u.xy_to_ij(xy) for xy in np.unique(np.round(qpos[:, :2], 1), axis=0)} & free
+    ends = np.flatnonzero(terminals)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    within = np.ones(len(qpos) - 1, bool)
+    within[ends[ends < len(within)]] = False  # no step across an episode boundary
+    speed = np.linalg.norm(np.diff(qpos[:, :2], axis=0), axis=1)[within]
+    out: dict[str, Any] = dict(
+        episodes=int(len(ends)),
+        steps=int(len(qpos)),
+        mean_episode_length=float(np.mean(ends - starts + 1)),
+        coverage=len(visited) / len(free),
+        mean_xy_step=float(np.mean(speed)),
+    )
+    if "antmaze" in env_id:
+        out["upright"] = float(np.mean((qpos[:, 2] > 0.2) & (qpos[:, 2] < 1.0)))
+    elif "humanoidmaze" in env_id:
+        out["upright"] = float(np.mean(qpos[:, 2] > 1.0))
+    return out
+
+
+def _goal_stats(goals: list[int]) -> dict[str, int | float]:
+    """Commanded goals reached by the training episodes (navigate: goals per episode)."""
+    g = np.asarray(goals, float)
+    return dict(total=int(g.sum()), per_episode=round(float(g.mean()), 3), episodes_with_a_goal=float(np.mean(g > 0)))
 
 
 def _sha256(path: str) -> str:
