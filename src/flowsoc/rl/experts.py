@@ -176,6 +176,77 @@ def evaluate_expert(agent: SAC, env_factory: Callable[[], Any], episodes: int, s
     return {"return": float(np.mean(returns)), "return_std": float(np.std(returns)), "length": float(np.mean(lengths))}
 
 
+def evaluate_navigation(actor: NumpyActor, env_id: str = "antmaze-large-v0", episodes_per_task: int = 2) -> dict:
+    """The expert as the navigation datasets use it, without action noise: following the maze's oracle
+    subgoals (unit direction from the x-y position to the next BFS waypoint) on each of the maze's five
+    evaluation tasks, until the goal is reached or the episode's time limit. Returns the success rate
+    overall and per task, and the mean steps of successful episodes."""
+    import gymnasium
+    import ogbench  # noqa: F401  (registers the environments)
+
+    env = gymnasium.make(env_id, terminate_at_goal=True)
+    u = env.unwrapped
+    per_task, lengths = [], []
+    for task in range(1, 6):
+        successes = 0
+        for episode in range(episodes_per_task):
+            env.reset(seed=1000 * task + episode, options=dict(task_id=task))
+            info, steps, over = {"success": 0.0}, 0, False
+            while not over:
+                direction = _subgoal_direction(u)
+                _, _, terminated, truncated, info = env.step(actor(np.concatenate([u.get_ob()[2:], direction])))
+                steps, over = steps + 1, terminated or truncated
+            successes += bool(info["success"])
+            if info["success"]:
+                lengths.append(steps)
+        per_task.append(successes / episodes_per_task)
+    env.close()
+    return {
+        "env": env_id,
+        "success": float(np.mean(per_task)),
+        "per_task": per_task,
+        "episodes_per_task": episodes_per_task,
+        "mean_steps_to_goal": float(np.mean(lengths)) if lengths else None,
+    }
+
+
+def _subgoal_direction(u) -> np.ndarray:
+    subgoal, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
+    direction = subgoal - u.get_xy()
+    return direction / (np.linalg.norm(direction) + 1e-6)
+
+
+def reach_in_xy_env(
+    actor: NumpyActor, expert: str = "ant", trials: int = 5, distance: float = 4.0, steps: int = 200, seed: int = 0
+) -> list[bool]:
+    """In the directional environment the expert was trained in, command the unit direction towards a
+    goal `distance` away (in a random direction) at every step; whether each trial comes within 0.5 of
+    it in `steps` steps."""
+    env = make_xy_env(expert)
+    rng = np.random.default_rng(seed)
+    reached = []
+    for trial in range(trials):
+        env.reset(seed=seed * 1000 + trial)
+        u = env.unwrapped
+        angle = rng.uniform(0, 2 * np.pi)
+        goal = u.data.qpos[:2] + distance * np.array([np.cos(angle), np.sin(angle)])
+        ob = env.unwrapped._get_obs()
+        hit = False
+        for _ in range(steps):
+            direction = goal - u.data.qpos[:2]
+            if np.linalg.norm(direction) < 0.5:
+                hit = True
+                break
+            env.z = direction / np.linalg.norm(direction)  # the wrapper's commanded direction
+            ob, _, terminated, truncated, _ = env.step(actor(np.concatenate([ob, env.z])))
+            ob = ob[:-2]
+            if terminated or truncated:
+                break
+        reached.append(hit)
+    env.close()
+    return reached
+
+
 def export_actor(agent: SAC, path: str | pathlib.Path) -> NumpyActor:
     """Write the agent's actor to `path` (`weight_k`, `bias_k` per layer, float32), the form the dataset
     generator loads (`load_expert`); returns it as a `NumpyActor`."""
@@ -188,6 +259,37 @@ def export_actor(agent: SAC, path: str | pathlib.Path) -> NumpyActor:
     with path.open("wb") as f:
         np.savez(f, **arrays)
     return load_expert(path)
+
+
+NAVIGATION_ENV = {"ant": "antmaze-large-v0", "humanoid": "humanoidmaze-medium-v0"}
+"""The maze each expert's goal-reaching rate is measured in."""
+
+
+def finalize_expert(out: str | pathlib.Path, eval_episodes: int = 10, seed: int = 0) -> dict:
+    """Export and evaluate the trained expert in `out` (`expert.eqx` and `expert.json` from training):
+    writes `actor.npz` and adds to the record its SHA-256, the return in the directional environment
+    (`evaluate_expert`), the goal-reaching rate in a maze (`evaluate_navigation`) and in open space
+    (`reach_in_xy_env`). Returns the record."""
+    out = pathlib.Path(out)
+    record = json.loads((out / "expert.json").read_text())
+    expert = record["expert"]
+    factory = lambda: make_xy_env(expert)  # noqa: E731
+    env = factory()
+    like = SAC.create(jr.key(0), env.observation_space.shape[0], env.action_space.shape[0], expert_config(expert))
+    env.close()
+    from .._checkpoint import load_tree
+
+    agent = load_tree(out / "expert.eqx", like)
+    actor = export_actor(agent, out / "actor.npz")
+    reached = reach_in_xy_env(actor, expert, trials=10, seed=seed)
+    record.update(
+        actor_sha256=file_sha256(out / "actor.npz"),
+        evaluation=evaluate_expert(agent, factory, eval_episodes, seed),
+        navigation=evaluate_navigation(actor, NAVIGATION_ENV[expert], episodes_per_task=2),
+        xy_reach={"trials": len(reached), "reached": int(sum(reached)), "distance": 4.0, "steps": 200},
+    )
+    (out / "expert.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 def main(args: ExpertArgs) -> pathlib.Path:
@@ -223,9 +325,7 @@ def main(args: ExpertArgs) -> pathlib.Path:
         )
     finally:
         log_file.close()
-    evaluation = evaluate_expert(agent, factory, args.eval_episodes, args.seed)
     save_tree(out / "expert.eqx", agent)
-    export_actor(agent, out / "actor.npz")
     (out / "snapshot.eqx").unlink(missing_ok=True)
     record = {
         "expert": args.expert,
@@ -233,15 +333,16 @@ def main(args: ExpertArgs) -> pathlib.Path:
         "sac_config": dataclasses.asdict(config),
         "steps": steps,
         "updates": int(agent.step),
-        "evaluation": evaluation,
-        "actor_sha256": file_sha256(out / "actor.npz"),
-        "wall_s": round(time.time() - started, 1),
+        "train_wall_s": round(time.time() - started, 1),
         "jax": jax.__version__,
     }
     (out / "expert.json").write_text(json.dumps(record, indent=2))
+    record = finalize_expert(out, args.eval_episodes, args.seed)
+    evaluation, navigation = record["evaluation"], record["navigation"]
     print(
         f"{args.expert} expert: return {evaluation['return']:.1f} ± {evaluation['return_std']:.1f} over "
-        f"{args.eval_episodes} episodes; saved in {out}"
+        f"{args.eval_episodes} episodes; maze goals reached {navigation['success']:.0%} ({navigation['env']}); "
+        f"saved in {out}"
     )
     return out
 
@@ -258,6 +359,9 @@ __all__ = [
     "NumpyActor",
     "SHIPPED",
     "evaluate_expert",
+    "evaluate_navigation",
+    "finalize_expert",
+    "reach_in_xy_env",
     "expert_config",
     "export_actor",
     "load_expert",
