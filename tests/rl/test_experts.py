@@ -112,16 +112,35 @@ def test_antmaze_generates_with_an_expert_and_loads_through_ogbench(random_ant, 
     np.testing.assert_array_equal(np.load(again.train_path)["actions"], raw["actions"])
 
 
-def test_humanoidmaze_needs_an_expert_of_the_right_size(random_ant, tmp_path, capsys):
+def test_humanoidmaze_generates_with_a_humanoid_expert_only(random_ant, tmp_path, capsys):
     _, ant = random_ant
     with pytest.raises(ExpertError, match="29-dimensional observations but this environment gives 69"):
         generate(GenerateOptions(env="humanoidmaze-medium-navigate-v0", expert=str(ant), data_dir=str(tmp_path)))
     args = ["humanoidmaze-medium-navigate-v0", "--expert", str(tmp_path / "none.npz"), "--data-dir", str(tmp_path)]
     assert datagen.main(args) == 2
     assert "no expert file" in capsys.readouterr().err
+    humanoid = export_actor(SAC.create(jr.key(0), 69, 21, SACConfig(actor_hidden=(32,))), tmp_path / "h.npz").path
+    result = generate(
+        GenerateOptions(
+            env="humanoidmaze-medium-navigate-v0",
+            episodes=1,
+            val_episodes=1,
+            episode_length=21,
+            expert=str(humanoid),
+            data_dir=str(tmp_path),
+            progress=False,
+        )
+    )
+    raw = np.load(result.train_path)
+    assert raw["observations"].shape == (21, 69) and raw["actions"].shape == (21, 21)
 
 
-@pytest.mark.skipif(not SHIPPED["ant"].exists(), reason="no shipped ant expert")
+def test_session_antmaze_data_use_the_shipped_expert(data_root):
+    meta = json.loads((data_root / "antmaze-medium-navigate-v0.json").read_text())
+    assert meta["resolved"]["expert"] == str(SHIPPED["ant"])
+    assert meta["expert_sha256"] == json.loads(SHIPPED["ant"].with_suffix(".json").read_text())["actor_sha256"]
+
+
 def test_shipped_ant_expert_walks_to_a_nearby_goal():
     """In antmaze-medium, from a cell next to the goal cell, the shipped expert following the maze's
     oracle subgoals (no action noise) reaches the goal within 200 steps in most trials."""
