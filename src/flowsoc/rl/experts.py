@@ -261,6 +261,31 @@ def export_actor(agent: SAC, path: str | pathlib.Path) -> NumpyActor:
     return load_expert(path)
 
 
+def plot_training(out: str | pathlib.Path, path: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Plot `out/train.jsonl`: the training episodes' return and the temperature α against environment
+    steps, into `path` (default `out/training.png`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out)
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines() if line.strip()]
+    path = pathlib.Path(path) if path is not None else out / "training.png"
+    fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(10, 3.4))
+    ax_r.plot([r["step"] for r in rows if "return" in r], [r["return"] for r in rows if "return" in r])
+    ax_r.set(xlabel="environment steps", ylabel="return (last 20 episodes)", title="SAC expert: return")
+    ax_a.semilogy([r["step"] for r in rows if "alpha" in r], [r["alpha"] for r in rows if "alpha" in r])
+    ax_a.set(xlabel="environment steps", ylabel="α", title="temperature")
+    for ax in (ax_r, ax_a):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}K"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 NAVIGATION_ENV = {"ant": "antmaze-large-v0", "humanoid": "humanoidmaze-medium-v0"}
 """The maze each expert's goal-reaching rate is measured in."""
 
@@ -338,6 +363,7 @@ def main(args: ExpertArgs) -> pathlib.Path:
     }
     (out / "expert.json").write_text(json.dumps(record, indent=2))
     record = finalize_expert(out, args.eval_episodes, args.seed)
+    plot_training(out)
     evaluation, navigation = record["evaluation"], record["navigation"]
     print(
         f"{args.expert} expert: return {evaluation['return']:.1f} ± {evaluation['return_std']:.1f} over "
@@ -366,5 +392,6 @@ __all__ = [
     "export_actor",
     "load_expert",
     "make_xy_env",
+    "plot_training",
     "train_expert",
 ]
