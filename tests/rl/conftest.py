@@ -22,6 +22,7 @@ SMALL = {
     "scene-play-v0": 2,
     "puzzle-3x3-play-v0": 2,
     "pointmaze-medium-navigate-v0": 3,
+    "antmaze-medium-navigate-v0": 2,  # with the shipped ant expert
 }
 
 

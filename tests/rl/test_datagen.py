@@ -20,7 +20,13 @@ from flowsoc.rl.datagen import generate, GenerateOptions
 
 
 EPISODE_LENGTH = 101  # as in conftest.py
-SMALL = {"cube-single-play-v0": 3, "scene-play-v0": 2, "puzzle-3x3-play-v0": 2, "pointmaze-medium-navigate-v0": 3}
+SMALL = {
+    "cube-single-play-v0": 3,
+    "scene-play-v0": 2,
+    "puzzle-3x3-play-v0": 2,
+    "pointmaze-medium-navigate-v0": 3,
+    "antmaze-medium-navigate-v0": 2,
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,6 +40,7 @@ SHAPES = {
     "scene-play-v0": (40, 5, True),
     "puzzle-3x3-play-v0": (55, 5, True),
     "pointmaze-medium-navigate-v0": (2, 2, False),
+    "antmaze-medium-navigate-v0": (29, 8, False),
 }
 
 

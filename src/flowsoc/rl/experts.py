@@ -165,6 +165,7 @@ def evaluate_expert(agent: SAC, env_factory: Callable[[], Any], episodes: int, s
     act = jax.jit(lambda a, o: a.sample_actions(o, jr.key(0), deterministic=True))
     returns, lengths = [], []
     for i in range(episodes):
+        np.random.seed(10_000 + seed * 1000 + i)  # OGBench's XY wrappers draw directions from NumPy's global generator
         ob, _ = env.reset(seed=10_000 + seed * 1000 + i)
         total, n, over = 0.0, 0, False
         while not over:
@@ -190,6 +191,7 @@ def evaluate_navigation(actor: NumpyActor, env_id: str = "antmaze-large-v0", epi
     for task in range(1, 6):
         successes = 0
         for episode in range(episodes_per_task):
+            np.random.seed(1000 * task + episode)  # the maze's start and goal noise use NumPy's global generator
             env.reset(seed=1000 * task + episode, options=dict(task_id=task))
             info, steps, over = {"success": 0.0}, 0, False
             while not over:
@@ -226,6 +228,7 @@ def reach_in_xy_env(
     rng = np.random.default_rng(seed)
     reached = []
     for trial in range(trials):
+        np.random.seed(seed * 1000 + trial)
         env.reset(seed=seed * 1000 + trial)
         u = env.unwrapped
         angle = rng.uniform(0, 2 * np.pi)
@@ -290,7 +293,9 @@ NAVIGATION_ENV = {"ant": "antmaze-large-v0", "humanoid": "humanoidmaze-medium-v0
 """The maze each expert's goal-reaching rate is measured in."""
 
 
-def finalize_expert(out: str | pathlib.Path, eval_episodes: int = 10, seed: int = 0) -> dict:
+def finalize_expert(
+    out: str | pathlib.Path, eval_episodes: int = 10, seed: int = 0, navigation_episodes_per_task: int = 2
+) -> dict:
     """Export and evaluate the trained expert in `out` (`expert.eqx` and `expert.json` from training):
     writes `actor.npz` and adds to the record its SHA-256, the return in the directional environment
     (`evaluate_expert`), the goal-reaching rate in a maze (`evaluate_navigation`) and in open space
@@ -310,7 +315,7 @@ def finalize_expert(out: str | pathlib.Path, eval_episodes: int = 10, seed: int 
     record.update(
         actor_sha256=file_sha256(out / "actor.npz"),
         evaluation=evaluate_expert(agent, factory, eval_episodes, seed),
-        navigation=evaluate_navigation(actor, NAVIGATION_ENV[expert], episodes_per_task=2),
+        navigation=evaluate_navigation(actor, NAVIGATION_ENV[expert], navigation_episodes_per_task),
         xy_reach={"trials": len(reached), "reached": int(sum(reached)), "distance": 4.0, "steps": 200},
     )
     (out / "expert.json").write_text(json.dumps(record, indent=2))
