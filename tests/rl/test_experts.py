@@ -170,3 +170,19 @@ def test_shipped_ant_expert_reaches_commanded_goals_in_the_xy_environment():
     random direction, the expert comes within 0.5 of it in 200 steps in most trials."""
     reached = reach_in_xy_env(load_expert("ant"), "ant", trials=5, seed=1)
     assert sum(reached) >= 4, reached
+
+
+def test_cached_data_of_an_earlier_shipped_expert_warn(tmp_path, recwarn):
+    from flowsoc.rl.data import resolve_dataset
+
+    stem = "antmaze-medium-navigate-v0"
+    for name in (f"{stem}.npz", f"{stem}-val.npz"):
+        np.savez(tmp_path / name, terminals=np.ones(1, bool))
+    current = file_sha256(SHIPPED["ant"])
+    meta = {"resolved": {"expert": str(SHIPPED["ant"])}, "expert_sha256": current}
+    (tmp_path / f"{stem}.json").write_text(json.dumps(meta))
+    assert resolve_dataset(stem, tmp_path) == tmp_path / f"{stem}.npz"
+    assert not [w for w in recwarn if "earlier version" in str(w.message)]
+    (tmp_path / f"{stem}.json").write_text(json.dumps({**meta, "expert_sha256": "0" * 64}))
+    with pytest.warns(UserWarning, match="earlier version of flowsoc's shipped ant expert.*--overwrite"):
+        resolve_dataset(stem, tmp_path)

@@ -19,8 +19,10 @@ The pipeline:
    `sample_sequence` semantics; `ReplayBuffer` adds online transitions.
 """
 
+import json
 import os
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -140,6 +142,7 @@ def resolve_dataset(
             f"--data-dir {train.parent} --overwrite"
         )
     if train.exists():
+        _warn_if_made_by_an_older_expert(train)
         return train
     if not generate:
         try:
@@ -165,6 +168,31 @@ def resolve_dataset(
         )
     )
     return train
+
+
+def _warn_if_made_by_an_older_expert(train: Path) -> None:
+    """Warn when a maze dataset in the cache was generated with a shipped expert that has since been
+    replaced (its record names the shipped file but another SHA-256)."""
+    record = train.with_name(train.name[: -len(".npz")] + ".json")
+    if not record.exists():
+        return
+    try:
+        meta = json.loads(record.read_text())
+        used, sha = meta["resolved"]["expert"], meta["expert_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not written by flowsoc's generator, or no expert: nothing to compare
+    from ._expert_actor import file_sha256, SHIPPED
+
+    for name, shipped in SHIPPED.items():
+        if used is not None and Path(used).name == shipped.name and Path(used).parent.name == shipped.parent.name:
+            if shipped.exists() and sha != file_sha256(shipped):
+                warnings.warn(
+                    f"{train} was generated with an earlier version of flowsoc's shipped {name} expert "
+                    f"(SHA-256 {sha[:12]}…, now {file_sha256(shipped)[:12]}…). Regenerate it to use the "
+                    f"current one: {generate_command(train.name[: -len('.npz')])} --data-dir {train.parent} "
+                    "--overwrite",
+                    stacklevel=3,
+                )
 
 
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError)
