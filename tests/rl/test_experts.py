@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flowsoc.rl import datagen
-from flowsoc.rl._expert_actor import file_sha256
+from flowsoc.rl._expert_actor import file_sha256, subgoal_direction
 from flowsoc.rl.datagen import generate, GenerateOptions
 from flowsoc.rl.experts import ExpertError, export_actor, load_expert, reach_in_xy_env, SHIPPED
 from flowsoc.rl.sac import SAC, SACConfig
@@ -23,6 +23,21 @@ def random_ant(tmp_path_factory):
     path = tmp_path_factory.mktemp("expert") / "actor.npz"
     export_actor(agent, path)
     return agent, path
+
+
+def _generate(env, expert, episodes, length, **options):
+    """A small dataset of `episodes` (+1 validation) episodes of `length` steps made with `expert`."""
+    return generate(
+        GenerateOptions(
+            env=env,
+            episodes=episodes,
+            val_episodes=1,
+            episode_length=length,
+            expert=str(expert),
+            progress=False,
+            **options,
+        )
+    )
 
 
 def test_numpy_actor_equals_the_sac_actor(random_ant):
@@ -74,17 +89,7 @@ def test_antmaze_generates_with_an_expert_and_loads_through_ogbench(random_ant, 
     import ogbench
 
     _, expert = random_ant
-    result = generate(
-        GenerateOptions(
-            env="antmaze-medium-navigate-v0",
-            episodes=2,
-            val_episodes=1,
-            episode_length=31,
-            expert=str(expert),
-            data_dir=str(tmp_path),
-            progress=False,
-        )
-    )
+    result = _generate("antmaze-medium-navigate-v0", expert, 2, 31, data_dir=str(tmp_path))
     assert (result.train_steps, result.val_steps) == (62, 31)
     raw = np.load(result.train_path)
     assert set(raw.files) == {"observations", "actions", "terminals", "qpos", "qvel"}
@@ -97,18 +102,7 @@ def test_antmaze_generates_with_an_expert_and_loads_through_ogbench(random_ant, 
     meta = json.loads(result.train_path.with_suffix(".json").read_text())
     assert meta["resolved"]["expert"] == str(expert.resolve()) and meta["expert_sha256"] == file_sha256(expert)
     # The same file from the same seed, with two workers.
-    again = generate(
-        GenerateOptions(
-            env="antmaze-medium-navigate-v0",
-            episodes=2,
-            val_episodes=1,
-            episode_length=31,
-            expert=str(expert),
-            workers=2,
-            out=str(tmp_path / "again" / "a.npz"),
-            progress=False,
-        )
-    )
+    again = _generate("antmaze-medium-navigate-v0", expert, 2, 31, workers=2, out=str(tmp_path / "again" / "a.npz"))
     np.testing.assert_array_equal(np.load(again.train_path)["actions"], raw["actions"])
 
 
@@ -120,17 +114,7 @@ def test_humanoidmaze_generates_with_a_humanoid_expert_only(random_ant, tmp_path
     assert datagen.main(args) == 2
     assert "no expert file" in capsys.readouterr().err
     humanoid = export_actor(SAC.create(jr.key(0), 69, 21, SACConfig(actor_hidden=(32,))), tmp_path / "h.npz").path
-    result = generate(
-        GenerateOptions(
-            env="humanoidmaze-medium-navigate-v0",
-            episodes=1,
-            val_episodes=1,
-            episode_length=21,
-            expert=str(humanoid),
-            data_dir=str(tmp_path),
-            progress=False,
-        )
-    )
+    result = _generate("humanoidmaze-medium-navigate-v0", humanoid, 1, 21, data_dir=str(tmp_path))
     raw = np.load(result.train_path)
     assert raw["observations"].shape == (21, 69) and raw["actions"].shape == (21, 21)
 
@@ -156,9 +140,7 @@ def test_shipped_ant_expert_walks_to_a_nearby_goal():
         assert u.maze_map[init_ij] == 0 and u.maze_map[goal_ij] == 0
         env.reset(seed=seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
         for _ in range(200):
-            subgoal, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
-            direction = (subgoal - u.get_xy()) / (np.linalg.norm(subgoal - u.get_xy()) + 1e-6)
-            _, _, terminated, truncated, info = env.step(actor(np.concatenate([u.get_ob()[2:], direction])))
+            _, _, terminated, truncated, info = env.step(actor.walk(u, subgoal_direction(u)))
             if terminated or truncated:
                 break
         reached += bool(info["success"])

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ._expert_actor import subgoal_direction
+
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
@@ -263,13 +265,8 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
                 wander = wander / (np.linalg.norm(wander) + 1e-6)
             direction = wander
         else:
-            subgoal_xy, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
-            direction = subgoal_xy - u.get_xy()
-            direction = direction / (np.linalg.norm(direction) + 1e-6)
-        if actor is None:
-            action = direction
-        else:  # the expert walks in the direction, from the state without its x-y position
-            action = actor(np.concatenate([u.get_ob(ob_type="states")[2:], direction]))
+            direction = subgoal_direction(u)
+        action = direction if actor is None else actor.walk(u, direction)
         action = np.clip(action + np.random.normal(0.0, cfg.noise, action.shape), -1.0, 1.0)
         next_ob, _, terminated, truncated, info = env.step(action)
         done = bool(terminated or truncated)

@@ -18,6 +18,7 @@ import json
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,19 @@ class NumpyActor:
             h = _gelu(h @ w.T + b)
         out = h @ self.weights[-1].T + self.biases[-1]
         return np.tanh(out[..., : self.action_dim])
+
+    def walk(self, maze: Any, direction: np.ndarray) -> np.ndarray:
+        """The action walking the maze's robot in the unit `direction`: the policy of the maze's state
+        without its x-y position, followed by the direction."""
+        return self(np.concatenate([maze.get_ob(ob_type="states")[2:], direction]))
+
+
+def subgoal_direction(maze: Any) -> np.ndarray:
+    """The unit vector from the agent's x-y position towards the maze's next oracle (BFS) subgoal on
+    the way to its current goal (`maze`: an OGBench maze environment, unwrapped)."""
+    subgoal, _ = maze.get_oracle_subgoal(maze.get_xy(), maze.cur_goal_xy)
+    direction = subgoal - maze.get_xy()
+    return direction / (np.linalg.norm(direction) + 1e-6)
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:

@@ -184,15 +184,17 @@ def _warn_if_made_by_an_older_expert(train: Path) -> None:
     from ._expert_actor import file_sha256, SHIPPED
 
     for name, shipped in SHIPPED.items():
-        if used is not None and Path(used).name == shipped.name and Path(used).parent.name == shipped.parent.name:
-            if shipped.exists() and sha != file_sha256(shipped):
-                warnings.warn(
-                    f"{train} was generated with an earlier version of flowsoc's shipped {name} expert "
-                    f"(SHA-256 {sha[:12]}…, now {file_sha256(shipped)[:12]}…). Regenerate it to use the "
-                    f"current one: {generate_command(train.name[: -len('.npz')])} --data-dir {train.parent} "
-                    "--overwrite",
-                    stacklevel=3,
-                )
+        # The shipped file of whichever installation made the data: the same last two path parts.
+        if used is None or Path(used).parts[-2:] != shipped.parts[-2:] or not shipped.exists():
+            continue
+        current = file_sha256(shipped)
+        if sha != current:
+            warnings.warn(
+                f"{train} was generated with an earlier version of flowsoc's shipped {name} expert "
+                f"(SHA-256 {sha[:12]}…, now {current[:12]}…). Regenerate it to use the current one: "
+                f"{generate_command(train.name[: -len('.npz')])} --data-dir {train.parent} --overwrite",
+                stacklevel=3,
+            )
 
 
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError)

@@ -31,7 +31,7 @@ import jax.random as jr
 import numpy as np
 
 from .._checkpoint import save_tree
-from ._expert_actor import ExpertError, file_sha256, load_expert, NumpyActor, SHIPPED
+from ._expert_actor import ExpertError, file_sha256, load_expert, NumpyActor, SHIPPED, subgoal_direction
 from .data import append_transitions, ReplayBuffer, Transitions
 from .envs import InProcessEnvs
 from .online import Collector
@@ -195,8 +195,7 @@ def evaluate_navigation(actor: NumpyActor, env_id: str = "antmaze-large-v0", epi
             env.reset(seed=1000 * task + episode, options=dict(task_id=task))
             info, steps, over = {"success": 0.0}, 0, False
             while not over:
-                direction = _subgoal_direction(u)
-                _, _, terminated, truncated, info = env.step(actor(np.concatenate([u.get_ob()[2:], direction])))
+                _, _, terminated, truncated, info = env.step(actor.walk(u, subgoal_direction(u)))
                 steps, over = steps + 1, terminated or truncated
             successes += bool(info["success"])
             if info["success"]:
@@ -210,12 +209,6 @@ def evaluate_navigation(actor: NumpyActor, env_id: str = "antmaze-large-v0", epi
         "episodes_per_task": episodes_per_task,
         "mean_steps_to_goal": float(np.mean(lengths)) if lengths else None,
     }
-
-
-def _subgoal_direction(u) -> np.ndarray:
-    subgoal, _ = u.get_oracle_subgoal(u.get_xy(), u.cur_goal_xy)
-    direction = subgoal - u.get_xy()
-    return direction / (np.linalg.norm(direction) + 1e-6)
 
 
 def reach_in_xy_env(
