@@ -47,6 +47,7 @@ from .train import (
     fused_updates_body,
     MetricsLog,
     plot_learning_curve,
+    print_interrupted,
     raise_non_finite,
     read_checkpoint_meta,
     TrainConfig,
@@ -500,8 +501,7 @@ def train_offline_seeds(
     except KeyboardInterrupt:
         checkpoint(agents)
         bar.close()
-        where = f"; the state at step {step} is saved, continue with --resume" if ckpt_dir is not None else ""
-        print(f"\nInterrupted at step {step}{where}.")
+        print_interrupted(step, saved=ckpt_dir is not None)
         raise
     bar.close()
     if directory is not None and jax.process_index() == 0:

@@ -429,6 +429,12 @@ def finish_block(dispatch: Callable[[], tuple[Any, dict]], step: int, n: int):
     return new, metrics, what
 
 
+def print_interrupted(step: int, saved: bool) -> None:
+    """Tell the user at which update step a Ctrl-C stopped the run, and how to continue it if saved."""
+    where = f"; the state at step {step} is saved, continue with --resume" if saved else ""
+    print(f"\nInterrupted at step {step}{where}.")
+
+
 def raise_non_finite(what: str, step: int, ckpt_dir: pathlib.Path | None):
     """Raise `NonFiniteLossError` for `what`, saying where the last good state (update `step`) is."""
     where = (
@@ -535,8 +541,7 @@ def train_offline(
     except KeyboardInterrupt:
         checkpoint(agent)
         bar.close()
-        where = f"; the state at step {step} is saved, continue with --resume" if ckpt_dir is not None else ""
-        print(f"\nInterrupted at step {step}{where}.")
+        print_interrupted(step, saved=ckpt_dir is not None)
         raise
     bar.close()
     if directory is not None:
