@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Real
 
 from ._paths import check_finite, check_grid, check_path_shapes, resolve_shift, VelocityField
-from ._sde import MemorylessDrift
 
 
 class LeanAdjointField(eqx.Module):
@@ -24,14 +23,18 @@ class LeanAdjointField(eqx.Module):
 
     Two readings of the path between grid points:
 
-    - `"frozen"`: on each cell $(t_i, t_{i+1}]$ the coefficient is frozen at the left grid point,
-      $\nabla_x b(x_i, t_i)$. Solved backward by Euler this gives
-      $\tilde a_i = \tilde a_{i+1} + h_i\,\nabla_x b(x_i, t_i)^\top \tilde a_{i+1}$, the exact
-      vector–Jacobian recursion of the Euler chain's drift: the discretisation the reference
-      codes use (with the network evaluated at $(x_i, t_i)$, so that one forward pass can serve
-      the adjoint and the loss).
+    - `"frozen"`: on each cell $(t_i, t_{i+1}]$ the coefficient is frozen at the cell's left state
+      $x_i$. Solved backward by Euler this gives the recursion
+      $\tilde a_i = \tilde a_{i+1} + h_i\,J_i^\top \tilde a_{i+1}$ with
+      $J_i = \nabla_x\big(2 v_{\rm base}(\tau_i, x) - x/(t_i + s)\big)\big|_{x = x_i}$, where the base's
+      time input $\tau_i$ is set by `base_time`: $t_i$ (`"grid"`, the vector–Jacobian recursion of the
+      Euler chain's drift), $t_{i+1}$ (`"next"`, $= t_i + h$ on a uniform grid: the official QAM and
+      TRQAM codes) or $(t_i + t_{i+1})/2$ (`"mid"`). With `final_ode_step=True` the last cell uses the
+      Jacobian of the noiseless last step instead, $J_{n-2} = \nabla_x v_{\rm base}(\tau_{n-2}, x)$:
+      with `base_time="grid"` the recursion is then the exact vector–Jacobian product of the whole
+      sampled base chain.
     - `"linear"`: the path is interpolated linearly and the base evaluated at the true time, for
-      higher-order solvers of the continuous adjoint ODE.
+      higher-order solvers of the continuous adjoint ODE (`base_time` must be `"grid"`).
     """
 
     base: VelocityField
@@ -39,6 +42,8 @@ class LeanAdjointField(eqx.Module):
     ts: Float[Array, " n"]
     shift: Real[Array, ""] | float
     interpolation: Literal["frozen", "linear"] = eqx.field(static=True)
+    base_time: Literal["grid", "next", "mid"] = eqx.field(static=True, default="grid")
+    final_ode_step: bool = eqx.field(static=True, default=False)
 
     def __call__(self, t, a, args):
         n = self.ts.shape[0]
@@ -46,12 +51,23 @@ class LeanAdjointField(eqx.Module):
             # Cells are (t_i, t_{i+1}]: a backward Euler step starting at t_{i+1} reads cell i.
             i = jnp.clip(jnp.searchsorted(self.ts, t, side="left") - 1, 0, n - 2)
             x, t_eval = self.xs[i], self.ts[i]
+            t_net = {
+                "grid": t_eval,
+                "next": self.ts[i + 1],
+                "mid": 0.5 * (t_eval + self.ts[i + 1]),
+            }[self.base_time]
         else:
             i = jnp.clip(jnp.searchsorted(self.ts, t, side="right") - 1, 0, n - 2)
             w = (t - self.ts[i]) / (self.ts[i + 1] - self.ts[i])
             x, t_eval = (1 - w) * self.xs[i] + w * self.xs[i + 1], t
-        drift = MemorylessDrift(self.base, self.shift)
-        _, vjp = jax.vjp(lambda y: drift(t_eval, y, args), x)
+            t_net = t
+
+        def drift(y):
+            v = self.base(t_net, y, args)
+            b = 2 * v - y / (t_eval + self.shift)
+            return jnp.where(i == n - 2, v, b) if self.final_ode_step else b
+
+        _, vjp = jax.vjp(drift, x)
         (jac_t_a,) = vjp(a)
         return -jac_t_a
 
@@ -66,6 +82,8 @@ def lean_adjoint(
     shift: float | Real[Array, ""] | None = None,
     solver: dfx.AbstractSolver | None = None,
     interpolation: Literal["frozen", "linear"] | None = None,
+    base_time: Literal["grid", "next", "mid"] = "grid",
+    final_ode_step: bool = False,
 ) -> Float[Array, "n *shape"]:
     r"""Solve the lean adjoint ODE backward along the saved states `xs`:
 
@@ -84,8 +102,13 @@ def lean_adjoint(
     - `args`: passed to the base field.
     - `shift`: the schedule shift (default: the first grid step, as in the sampler).
     - `solver`: a Diffrax ODE solver for the backward solve (default `diffrax.Euler()`).
-    - `interpolation`: `"frozen"` (default with Euler: the exact discrete recursion, see
+    - `interpolation`: `"frozen"` (default with Euler: the discrete recursion, see
       [`flowsoc.LeanAdjointField`][]) or `"linear"` (default for other solvers).
+    - `base_time`: the base network's time input on cell $i$ with `"frozen"`: `"grid"` ($t_i$,
+      default), `"next"` ($t_{i+1} = t_i + h$, the official QAM/TRQAM codes) or `"mid"`.
+    - `final_ode_step`: the path's last step was the noiseless base ODE step (as
+      [`flowsoc.sample_sde`][] takes it by default): use that step's Jacobian $\nabla_x v_{\rm base}$
+      on the last cell instead of the SDE drift's.
 
     **Returns:**
 
@@ -106,7 +129,11 @@ def lean_adjoint(
         interpolation = "frozen" if isinstance(solver, dfx.Euler) else "linear"
     if interpolation not in ("frozen", "linear"):
         raise ValueError(f"{name}: interpolation must be 'frozen' or 'linear', got {interpolation!r}.")
-    field = LeanAdjointField(base, xs, ts, shift, interpolation)
+    if base_time not in ("grid", "next", "mid"):
+        raise ValueError(f"{name}: base_time must be 'grid', 'next' or 'mid', got {base_time!r}.")
+    if interpolation == "linear" and base_time != "grid":
+        raise ValueError(f"{name}: base_time={base_time!r} needs interpolation='frozen' (an Euler grid).")
+    field = LeanAdjointField(base, xs, ts, shift, interpolation, base_time, bool(final_ode_step))
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field),
         solver,

@@ -10,13 +10,16 @@ from jaxtyping import Array, Float, Real
 from ._paths import check_finite, check_grid, check_lam, check_path_shapes, resolve_shift, shifted_sigma, VelocityField
 
 
-def velocity_gaps(field: VelocityField, base: VelocityField, xs: Array, ts: Array, args: Any) -> Array:
-    r"""$v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i)$ for $i = 0 \dots n-2$, the base without gradient.
-    The grid points are evaluated as one batch (`jax.vmap` over time)."""
+def velocity_gaps(
+    field: VelocityField, base: VelocityField, xs: Array, ts: Array, args: Any, *, stop_base: bool = True
+) -> Array:
+    r"""$v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i)$ for $i = 0 \dots n-2$, the base's output without
+    gradient (`stop_base=False`: with gradient, e.g. with respect to the states). The grid points are
+    evaluated as one batch (`jax.vmap` over time)."""
     t, x = ts[:-1], xs[:-1]
     v_field = jax.vmap(lambda ti, xi: field(ti, xi, args))(t, x)
-    v_base = jax.lax.stop_gradient(jax.vmap(lambda ti, xi: base(ti, xi, args))(t, x))
-    return v_field - v_base
+    v_base = jax.vmap(lambda ti, xi: base(ti, xi, args))(t, x)
+    return v_field - (jax.lax.stop_gradient(v_base) if stop_base else v_base)
 
 
 def path_kl(

@@ -4,12 +4,15 @@ for backpropagation through the SDE (the "basic adjoint" baseline)."""
 from collections.abc import Callable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from ._kl import path_kl, velocity_gaps
 from ._paths import (
+    _is_concrete,
     check_finite,
     check_grid,
     check_lam,
@@ -117,16 +120,24 @@ def soc_objective(
     args: Any = None,
     shift: float | Real[Array, ""] | None = None,
     running_cost_scale: float | Real[ArrayLike, ""] = 1.0,
+    final_ode_step: bool | None = None,
+    cost_final_step: bool = False,
 ) -> Float[Array, ""]:
     r"""The SOC objective of one sampled path, differentiable through the SDE:
 
-    $$J = \lambda\,c\,\widehat{\rm KL}(x_{0:n}) - r(x_{n-1}, \texttt{args}),$$
+    $$J = \lambda\,c \sum_{i \in I} \frac{2 h_i}{g_s(t_i)^2}
+    \big\lVert v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i) \big\rVert^2 - r(x_{n-1}, \texttt{args}),$$
 
-    where the path is sampled by [`flowsoc.sample_sde`][] with the fine-tuned field and
-    $\widehat{\rm KL}$ is [`flowsoc.path_kl`][] (so $\lambda\widehat{\rm KL}$ is the Euler
-    discretisation of $\tfrac12\int\lVert u\rVert^2 dt$). Its gradient, by backpropagation through
-    the solver (the discrete adjoint), is the "basic adjoint" baseline (BAM in QAM). QAM's BAM
-    sums the running cost without the step size: `running_cost_scale = 1/h`.
+    the path $x_{0:n-1}$ sampled by [`flowsoc.sample_sde`][] with the fine-tuned field (its last step, by
+    default, a noiseless Euler step of the base). $I$ holds the noisy steps, $i = 0 \dots n-3$ with that
+    last step (it carries no control, hence no cost), $i = 0 \dots n-2$ without it; $h_i = t_{i+1} - t_i$.
+    The sum is [`flowsoc.path_kl`][] over $I$; λ times it discretises $\tfrac12\int\lVert u\rVert^2 dt$.
+
+    Its gradient (the discrete adjoint: the "basic adjoint", BAM in QAM) flows through every state, into
+    both fields' outputs, the last base step included; the Brownian increments are constants. The base's
+    array leaves are put behind `stop_gradient` here (it is the fixed reference of the problem); the reward
+    is the caller's to freeze. QAM's BAM sums the running cost without the step size:
+    `running_cost_scale = 1/h`.
 
     **Arguments:**
 
@@ -134,8 +145,9 @@ def soc_objective(
     - `x0`, `ts`, `key`: initial state, grid and key of the sampler.
     - `reward`: `reward(x1, args) -> scalar`, differentiable.
     - `lam`: the trust-region parameter λ > 0.
-    - `args`, `shift`: as in the sampler.
+    - `args`, `shift`, `final_ode_step`: as in the sampler (the last step on unless `shift == 0`).
     - `running_cost_scale`: the factor $c$ on the running cost (default 1, the exact objective).
+    - `cost_final_step`: also charge the noiseless last step's gap at $t_{n-2}$, as `path_kl` does.
 
     **Returns:**
 
@@ -143,8 +155,18 @@ def soc_objective(
     """
     name = "soc_objective"
     lam = check_lam(lam, name)
-    xs = sample_sde(field, x0, ts, key, args=args, shift=shift, final_field=base)
-    # Differentiate through the states too (path_kl alone treats them as constants).
-    gaps = velocity_gaps(field, base, xs, ts, args)
-    kl = path_kl(field, base, xs, ts, shift=shift, gaps=gaps)
-    return lam * running_cost_scale * kl - reward(xs[-1], args)
+    ts = check_grid(ts, name)
+    if final_ode_step is None:
+        final_ode_step = not (shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0)
+    shift = resolve_shift(ts, shift, name)
+    base_arrays, base_static = eqx.partition(base, eqx.is_array)
+    base = eqx.combine(jax.lax.stop_gradient(base_arrays), base_static)
+    xs = sample_sde(field, x0, ts, key, args=args, shift=shift, final_ode_step=final_ode_step, final_field=base)
+    charged = ts.shape[0] - (2 if final_ode_step and not cost_final_step else 1)
+    if charged == 0:
+        running = jnp.zeros((), xs.dtype)
+    else:
+        xs_c, ts_c = xs[: charged + 1], ts[: charged + 1]
+        gaps = velocity_gaps(field, base, xs_c, ts_c, args, stop_base=False)
+        running = path_kl(field, base, xs_c, ts_c, shift=shift, gaps=gaps)
+    return lam * running_cost_scale * running - reward(xs[-1], args)

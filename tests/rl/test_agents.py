@@ -77,9 +77,9 @@ def test_update_shapes_finiteness_and_ema_targets(cls, batch):
 
 
 def test_bam_reward_is_online_ensemble_pessimistic_value_at_unclipped_action(batch):
-    """BAM's actor loss is the SOC objective (tested against a plain scan in tests/test_losses.py)
+    """BAM's actor loss is the SOC objective (tested against a plain loop in tests/test_losses.py)
     with the official BAM's reward: mean - ρ·std over the online critic's members, at the terminal
-    action as sampled (not clipped), divided by the batch size."""
+    action as sampled (not clipped), times τ (the official scale) and divided by the batch size."""
     import flowsoc as fs
 
     agent = BAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=2.0))
@@ -105,7 +105,7 @@ def test_bam_reward_is_online_ensemble_pessimistic_value_at_unclipped_action(bat
         args=obs,
         running_cost_scale=float(CONFIG.flow_steps),
     )
-    assert jnp.allclose(loss, expected / B, rtol=1e-10)
+    assert jnp.allclose(loss, 2.0 * expected / B, rtol=1e-10)
     # The terminal actions leave [-1, 1] here, so clipping would have changed the value.
     xs = fs.sample_sde(agent.nets.policy, x0, agent.times, k_sde, args=obs, final_field=agent.base)
     assert jnp.any(jnp.abs(xs[-1]) > 1)
@@ -149,10 +149,13 @@ def test_adjoint_boundary_is_target_ensemble_mean_gradient_at_clipped_action(bat
 
 
 def test_trqam_with_fixed_lambda_equals_qam(batch):
-    """TRQAM with its dual step off and λ fixed is QAM with τ = 1/(3λ): same losses, same gradients."""
+    """TRQAM with its dual step off and λ fixed is QAM with τ = 1/(3λ): the same critic and behaviour losses
+    and gradients, and an actor loss of the same minimiser whose scale is the official QAM code's, τ times
+    TRQAM's (σ = g with the adjoint's boundary times τ, against σ = g/√λ)."""
     lam = 0.7
+    tau = 1 / (3 * lam)
     trqam = TRQAM.create(jr.key(0), OBS, ACT, CONFIG.replace(dual_update=False, lam_init=lam))
-    qam = QAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=1 / (3 * lam)))
+    qam = QAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=tau))
     key = jr.key(9)
 
     def value_and_grad(agent):
@@ -162,11 +165,15 @@ def test_trqam_with_fixed_lambda_equals_qam(batch):
     (loss_t, metrics_t), grads_t = value_and_grad(trqam)
     (loss_q, metrics_q), grads_q = value_and_grad(qam)
     assert jnp.allclose(trqam.lam(), qam.lam(), rtol=1e-12)
-    assert jnp.allclose(loss_t, loss_q, rtol=1e-12)
     for name in metrics_t:
-        assert jnp.allclose(metrics_t[name], metrics_q[name], rtol=1e-12), name
-    for a, b in zip(jax.tree.leaves(grads_t), jax.tree.leaves(grads_q)):
-        assert jnp.allclose(a, b, rtol=1e-12, atol=1e-15)
+        factor = tau if name == "actor_loss" else 1.0
+        if name != "total_loss":
+            assert jnp.allclose(factor * metrics_t[name], metrics_q[name], rtol=1e-12), name
+    expected_total = metrics_t["critic_loss"] + metrics_t["behaviour_loss"] + tau * metrics_t["actor_loss"]
+    assert jnp.allclose(loss_q, expected_total, rtol=1e-12)
+    for part, factor in (("critic", 1.0), ("behaviour", 1.0), ("policy", tau)):
+        for a, b in zip(jax.tree.leaves(getattr(grads_t, part)), jax.tree.leaves(getattr(grads_q, part))):
+            assert jnp.allclose(factor * a, b, rtol=1e-12, atol=1e-15), part
     new, _ = update(trqam, batch)
     assert new.dual.lam == trqam.dual.lam  # the dual step is off
 

@@ -1,12 +1,23 @@
-"""The per-domain paper presets (spec.md §6) and their use in AgentConfig.paper."""
+"""The per-paper presets (flowsoc.rl.presets): numbers spot-checked against the official sources (QAM
+ColinQiyangLi/qam@f93efd2 experiments/reproduce.py; TRQAM yonghdong/trqam@02599ce README), and their use
+in AgentConfig.paper."""
+
+import dataclasses
+import re
 
 import pytest
 
 from flowsoc.rl import AgentConfig
-from flowsoc.rl.presets import domain_preset, PAPER_PRESETS
+from flowsoc.rl.presets import AGENTS, BC_PRETRAIN_STEPS, domain_preset, paper_preset, PAPER_PRESETS
 
 
-TAUS = {
+NEEDS_ADJOINT_FIELDS = pytest.mark.skipif(
+    "adjoint_base_time" not in {f.name for f in dataclasses.fields(AgentConfig)},
+    reason="AgentConfig has no adjoint_base_time field yet (being added concurrently)",
+)
+
+# reproduce.py: the QAM sweep (L129-139) and the BAM sweep (L181-191)
+QAM_TAU = {
     "puzzle-3x3": 3,
     "scene": 1,
     "cube-double": 1,
@@ -18,22 +29,103 @@ TAUS = {
     "humanoidmaze-large": 3,
     "puzzle-4x4": 30,
 }
+BAM_TAU = {
+    "puzzle-3x3": 10,
+    "scene": 10,
+    "cube-double": 10,
+    "antmaze-large": 30,
+    "humanoidmaze-medium": 10,
+    "cube-triple": 30,
+    "cube-quadruple": 10,
+    "antmaze-giant": 30,
+    "humanoidmaze-large": 30,
+    "puzzle-4x4": 30,
+}
+LARGE = ("cube-triple", "cube-quadruple", "puzzle-4x4", "antmaze-giant")
+PROTOCOLS = (None, "qam", "trqam")
 
 
-def test_the_ten_domains_of_the_paper():
-    assert set(PAPER_PRESETS) == set(TAUS)
-    for domain, tau in TAUS.items():
-        preset = PAPER_PRESETS[domain]
+def test_the_ten_domains_of_the_papers():
+    assert set(PAPER_PRESETS) == set(QAM_TAU) == set(BAM_TAU)
+    for domain in QAM_TAU:
         navigation = "maze" in domain
-        assert preset.inv_temp == tau
-        assert preset.horizon == (1 if navigation else 5)
-        assert preset.sparse == domain.startswith(("puzzle", "scene"))
-        assert preset.large == (domain in ("cube-triple", "cube-quadruple", "puzzle-4x4", "antmaze-giant"))
-        assert preset.pessimism == (0.0 if "humanoid" in domain else 0.5)
-        assert preset.discount_qam == (0.995 if "giant" in domain or "humanoid" in domain else 0.99)
-        assert preset.discount_trqam == (0.999 if "humanoid" in domain else 0.995)
+        humanoid = "humanoid" in domain
+        qam, bam, trqam = (paper_preset(domain, agent) for agent in ("qam", "bam", "trqam"))
+        assert (qam.protocol, bam.protocol, trqam.protocol) == ("qam", "qam", "trqam")
+        assert qam.settings["inv_temp"] == QAM_TAU[domain] and bam.settings["inv_temp"] == BAM_TAU[domain]
+        assert "inv_temp" not in trqam.settings and "kl_budget" not in qam.settings
+        for p in (qam, bam, trqam):
+            assert p.settings["horizon"] == (1 if navigation else 5)
+            assert p.settings["pessimism"] == (0.0 if humanoid else 0.5)
+            assert p.settings["num_critics"] == 10 and p.settings["critic_layer_norm"]
+        for p in (qam, bam):  # QAM paper: 4x512, no actor LayerNorm, sparse puzzle/scene, no pre-training
+            assert p.settings["discount"] == (0.995 if "giant" in domain or humanoid else 0.99)
+            assert p.settings["actor_hidden"] == p.settings["critic_hidden"] == (512,) * 4
+            assert not p.settings["actor_layer_norm"]
+            assert p.sparse == domain.startswith(("puzzle", "scene"))
+            assert p.pretrain_steps == 0
+        large = domain in LARGE  # TRQAM paper: 4x1024 + actor LN on the four large domains, dense, BC 300K
+        assert trqam.settings["discount"] == (0.999 if humanoid else 0.995)
+        assert trqam.settings["actor_hidden"] == trqam.settings["critic_hidden"] == ((1024 if large else 512),) * 4
+        assert trqam.settings["actor_layer_norm"] == large
+        assert not trqam.sparse and trqam.pretrain_steps == BC_PRETRAIN_STEPS == 300_000
+        assert trqam.settings["kl_budget"] == (0.5 if domain == "cube-triple" else 1.0)
 
 
+def test_spot_checks_with_their_sources():
+    bam = paper_preset("antmaze-large-navigate-singletask-task3-v0", "bam")
+    assert bam.settings["inv_temp"] == 30 and bam.sources["inv_temp"] == "qam experiments/reproduce.py:L184 (BAM sweep)"
+    qam = paper_preset("puzzle-4x4-play-singletask-v0", "qam")
+    assert qam.settings["inv_temp"] == 30 and "reproduce.py:L139" in qam.sources["inv_temp"]
+    assert qam.sparse and "reproduce.py:L290" in qam.sources["sparse"]
+    assert qam.dataset == "puzzle-4x4-play-100m-v0" and "L300-303" in qam.sources["dataset"]
+    trqam = paper_preset("humanoidmaze-large-navigate-singletask-v0", "trqam")
+    assert trqam.settings["discount"] == 0.999 and "trqam README:L94-95" in trqam.sources["discount"]
+    cube3 = paper_preset("cube-triple", "trqam")
+    assert cube3.settings["kl_budget"] == 0.5 and "README:L150" in cube3.sources["kl_budget"]
+    assert cube3.dataset == "cube-triple-play-10m-v0" and "L122" in cube3.sources["pretrain_steps"]
+    assert "Table 4" in paper_preset("scene", "trqam").sources["kl_budget"]  # not published: the code default
+    assert paper_preset("cube-triple", "qam").dataset is None  # the QAM sweep ran cube-triple on the 1M file
+
+
+def test_baselines_under_the_trqam_protocol():
+    qam = paper_preset("cube-triple-play-singletask-task2-v0", "qam", protocol="trqam")
+    assert qam.settings["inv_temp"] == 3 and "trqam README:L154" in qam.sources["inv_temp"]
+    assert qam.settings["actor_hidden"] == (1024,) * 4 and qam.settings["actor_layer_norm"]
+    assert qam.settings["discount"] == 0.995 and not qam.sparse and qam.pretrain_steps == 300_000
+    bam = paper_preset("puzzle-3x3", "bam", protocol="trqam")
+    assert bam.settings["inv_temp"] == 10 and not bam.sparse and bam.settings["discount"] == 0.995
+    assert "by analogy" in bam.sources["pretrain_steps"]
+    hum = paper_preset("humanoidmaze-medium", "qam", protocol="TRQAM")
+    assert (hum.settings["discount"], hum.settings["pessimism"]) == (0.999, 0.0)
+    trqam = paper_preset("puzzle-4x4", "trqam", protocol="qam")  # TRQAM run the QAM paper's way
+    assert trqam.sparse and trqam.pretrain_steps == 0 and trqam.settings["actor_hidden"] == (512,) * 4
+    assert paper_preset("scene", "qam", protocol="qam") == paper_preset("scene", "qam")
+
+
+def test_every_setting_has_a_source_and_the_lean_adjoint_convention():
+    for domain in [*PAPER_PRESETS, "cube-single-play-singletask-task1-v0", "pointmaze-large-navigate-v0"]:
+        for agent in AGENTS:
+            for protocol in PROTOCOLS:
+                p = paper_preset(domain, agent, protocol)
+                assert p.settings["adjoint_base_time"] == "next" and p.settings["adjoint_final_ode_step"] is False
+                for name in (*p.settings, "sparse", "pretrain_steps", "dataset"):  # each cites a file and line
+                    assert re.search(r"\b(qam|trqam) [\w/.]+:L\d+", p.sources[name]), (domain, agent, protocol, name)
+                assert p.table().count("\n") == len(p.settings) + 3
+
+
+@NEEDS_ADJOINT_FIELDS
+def test_every_paper_preset_builds_an_agent_config():
+    for domain in [*PAPER_PRESETS, "antsoccer-arena-navigate-v0", "puzzle-4x5-play-singletask-v0"]:
+        for agent in AGENTS:
+            for protocol in PROTOCOLS:
+                p = paper_preset(domain, agent, protocol)
+                config = AgentConfig.paper(domain, agent, protocol)
+                assert config == p.agent_config() == AgentConfig(**p.agent_settings())
+                assert config.adjoint_base_time == "next" and not config.adjoint_final_ode_step
+
+
+@NEEDS_ADJOINT_FIELDS
 def test_agent_config_paper_from_a_dataset_name():
     trqam = AgentConfig.paper("cube-triple-play-singletask-task2-v0")
     assert trqam.kl_budget == 0.5 and trqam.horizon == 5 and trqam.discount == 0.995
@@ -41,19 +133,48 @@ def test_agent_config_paper_from_a_dataset_name():
     qam = AgentConfig.paper("humanoidmaze-large-navigate-singletask-v0", agent="qam")
     assert qam.inv_temp == 3 and qam.discount == 0.995 and qam.pessimism == 0 and qam.horizon == 1
     assert qam.actor_hidden == (512,) * 4 and not qam.actor_layer_norm
+    assert AgentConfig.paper("puzzle-4x4", "qam").actor_hidden == (512,) * 4  # never large under QAM
     assert AgentConfig.paper("scene", kl_budget=2.0).kl_budget == 2.0
+    assert AgentConfig.paper("cube-double", "bam", protocol="trqam", inv_temp=5.0).inv_temp == 5.0
 
 
-def test_domains_outside_the_paper_use_their_family():
+def test_domains_outside_the_papers_use_their_family_per_paper():
     cube = domain_preset("cube-single-play-singletask-task1-v0")
-    assert (cube.inv_temp, cube.horizon, cube.sparse, cube.large) == (1.0, 5, False, False)
-    assert domain_preset("puzzle-4x5-play-singletask-v0").sparse
+    assert (cube.inv_temp, cube.bam_inv_temp, cube.horizon, cube.sparse, cube.large) == (1.0, 10.0, 5, False, False)
+    assert cube.fallback and "fallback" in paper_preset("cube-single-play-v0", "qam").sources["horizon"]
+    assert paper_preset("puzzle-4x5-play-singletask-v0", "qam").sparse
+    assert not paper_preset("puzzle-4x5-play-singletask-v0", "trqam").sparse
     maze = domain_preset("pointmaze-large-navigate-singletask-v0")
-    assert (maze.horizon, maze.inv_temp, maze.pessimism) == (1, 3.0, 0.5)
+    assert (maze.horizon, maze.inv_temp, maze.bam_inv_temp, maze.pessimism) == (1, 3.0, 30.0, 0.5)
+    hum = paper_preset("humanoidmaze-giant-navigate-v0", "trqam")
+    assert (hum.settings["discount"], hum.settings["pessimism"]) == (0.999, 0.0)
+    assert hum.settings["actor_hidden"] == (512,) * 4
+    assert paper_preset("humanoidmaze-giant-navigate-v0", "qam").settings["discount"] == 0.995
+    # a dataset type the papers did not run keeps its domain's settings but names no official dataset
+    stitch = paper_preset("antmaze-giant-stitch-singletask-v0", "trqam")
+    assert stitch.settings["actor_hidden"] == (1024,) * 4 and stitch.dataset is None
+    assert "stitch" in stitch.sources["dataset"]
 
 
-def test_bad_names():
-    with pytest.raises(ValueError, match="no preset for 'cheetah'"):
-        domain_preset("cheetah")
-    with pytest.raises(ValueError, match="unknown agent 'sac'"):
-        domain_preset("scene").agent_settings("sac")
+def test_backward_compatible_domain_preset():
+    preset = domain_preset("cube-triple-play-singletask-task2-v0")
+    assert preset.agent_settings("qam") == paper_preset("cube-triple", "qam").agent_settings()
+    assert preset.agent_settings() == paper_preset("cube-triple", "trqam").agent_settings()
+    assert domain_preset("puzzle-3x3").sparse and not domain_preset("cube-double").sparse  # the QAM protocol's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preset.sparse = True  # pyright: ignore[reportAttributeAccessIssue]
+    with pytest.raises(TypeError):
+        paper_preset("scene").settings["horizon"] = 3  # pyright: ignore[reportIndexIssue]
+
+
+def test_bad_names_are_one_clear_line():
+    cases = [
+        (lambda: domain_preset("cheetah"), "no preset for 'cheetah'"),
+        (lambda: domain_preset("scene").agent_settings("sac"), "unknown agent 'sac': choose 'trqam', 'qam' or 'bam'."),
+        (lambda: paper_preset("scene", "qam", protocol="iql"), "unknown protocol 'iql'"),
+        (lambda: AgentConfig.paper("scene", "sac"), "unknown agent 'sac'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            call()
+        assert "\n" not in str(err.value)

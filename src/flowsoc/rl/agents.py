@@ -30,19 +30,38 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._adjoint import lean_adjoint
 from .._kl import path_kl
-from .._losses import adjoint_matching_loss, flow_matching_loss, soc_objective
+from .._losses import adjoint_matching_loss, soc_objective
 from .._paths import uniform_grid
 from .._sde import sample_ode, sample_sde
 from .._trust_region import DualState
 from .config import AgentConfig
 from .data import ChunkBatch
 from .networks import CriticEnsemble, ema_update, VelocityField
+from .pretrain import behaviour_flow_loss
 
 
 def _frozen(module):
     """`module` with its array leaves behind `stop_gradient`."""
     arrays, static = eqx.partition(module, eqx.is_array)
     return eqx.combine(jax.lax.stop_gradient(arrays), static)
+
+
+def check_same_structure(flow: VelocityField, like: VelocityField, what: str) -> None:
+    """Raise `ValueError` unless `flow` has the structure and array shapes of `like` (naming both)."""
+    shape = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), eqx.filter(m, eqx.is_array))  # noqa: E731
+    same = jax.tree.structure(flow) == jax.tree.structure(like) and shape(flow) == shape(like)
+    if not same:
+        raise ValueError(
+            f"{what}: the flow's network ({_describe(flow)}) does not match this agent's configuration "
+            f"({_describe(like)}); pre-train with the same observation width, chunk length and actor_hidden."
+        )
+
+
+def _describe(flow: VelocityField) -> str:
+    return (
+        f"observation {flow.obs_dim}, flattened chunk {flow.action_dim}, hidden {tuple(flow.mlp.hidden_sizes)}, "
+        f"layer_norm {flow.mlp.layer_norm}"
+    )
 
 
 def _optimizer(config: AgentConfig) -> optax.GradientTransformation:
@@ -74,9 +93,23 @@ class AbstractFlowAgent(eqx.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def create(cls, key: PRNGKeyArray, obs_dim: int, action_dim: int, config: AgentConfig):
+    def create(
+        cls,
+        key: PRNGKeyArray,
+        obs_dim: int,
+        action_dim: int,
+        config: AgentConfig,
+        *,
+        pretrained: VelocityField | None = None,
+    ):
         """A fresh agent for observations of width `obs_dim` and actions of width `action_dim`
-        (the flows and the critic act on chunks of `config.horizon` actions, flattened)."""
+        (the flows and the critic act on chunks of `config.horizon` actions, flattened).
+
+        `pretrained`: a behaviour flow trained by flow matching alone (BC pre-training, see
+        [`flowsoc.rl.pretrain`][]). It becomes the behaviour flow, its EMA (the base) and the policy,
+        as in the TRQAM paper's pipeline, so fine-tuning starts at policy = base (path KL 0); the critic and
+        the optimiser start fresh. Without it every network starts from its own random initialisation
+        (the QAM paper's protocol)."""
         if not isinstance(config, AgentConfig):
             raise TypeError(f"{cls.__name__}.create: config must be an AgentConfig, got {type(config).__name__}.")
         chunk = config.horizon * int(action_dim)
@@ -93,6 +126,9 @@ class AbstractFlowAgent(eqx.Module):
             obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_behaviour
         )
         policy = VelocityField(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_policy)
+        if pretrained is not None:
+            check_same_structure(pretrained, behaviour, "pretrained")
+            behaviour = policy = pretrained
         nets = Trainables(critic, behaviour, policy)
         opt_state = _optimizer(config).init(eqx.filter(nets, eqx.is_inexact_array))
         return cls(
@@ -175,16 +211,9 @@ class AbstractFlowAgent(eqx.Module):
         return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
 
     def behaviour_loss(self, behaviour: VelocityField, batch: ChunkBatch, key: PRNGKeyArray):
-        """Flow matching of the behaviour flow on the data's chunks (mean over entries, valid chunks)."""
-        actions = batch.actions.reshape(batch.actions.shape[0], -1)
-        k_noise, k_time = jr.split(key)
-        x0 = jr.normal(k_noise, actions.shape, actions.dtype)
-        t = jr.uniform(k_time, actions.shape[:1], actions.dtype)
-        per_sample = jax.vmap(lambda a, b, s, o: flow_matching_loss(behaviour, a, b, s, args=o))(
-            x0, actions, t, batch.observations
-        )
-        loss = jnp.mean(batch.valid[:, -1] * per_sample / actions.shape[-1])
-        return loss, {"behaviour_loss": loss}
+        """Flow matching of the behaviour flow on the data's chunks (mean over entries, valid chunks;
+        [`flowsoc.rl.pretrain.behaviour_flow_loss`][])."""
+        return behaviour_flow_loss(behaviour, batch, key)
 
     def adjoint_terminal(self, x1: Float[Array, "batch chunk"], observations: Array) -> Float[Array, "batch chunk"]:
         r"""$\tilde a(1) = -\nabla_a\,\mathrm{mean}_k \bar Q_k(s, \mathrm{clip}(a, -1, 1))$ per sample."""
@@ -229,30 +258,45 @@ class AbstractFlowAgent(eqx.Module):
 
     # ------------------------------------------------------------------ adjoint matching (QAM, TRQAM)
 
-    def adjoint_matching_actor_loss(self, policy: VelocityField, batch: ChunkBatch, key: PRNGKeyArray, lam):
-        """Adjoint matching of the policy towards $\\bar\\pi_\\beta e^{Q/\\lambda}$ (batch mean), and the
-        path KL to the base per action step (pre-update parameters, no gradient)."""
+    def adjoint_matching_actor_loss(
+        self, policy: VelocityField, batch: ChunkBatch, key: PRNGKeyArray, lam, scale: float = 1.0
+    ):
+        """Adjoint matching of the policy towards $\\bar\\pi_\\beta e^{Q/\\lambda}$ (batch mean, times
+        `scale`), and the path KL to the base per action step (pre-update parameters, no gradient)."""
         obs = batch.observations
         k_noise, k_sde = jr.split(key)
         x0 = jr.normal(k_noise, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
         frozen = _frozen(policy)
         xs = sample_sde(frozen, x0, self.times, k_sde, args=obs, final_field=self.base)
-        adj = lean_adjoint(self.base, xs, self.times, self.adjoint_terminal(xs[-1], obs), args=obs)
+        adj = lean_adjoint(
+            self.base,
+            xs,
+            self.times,
+            self.adjoint_terminal(xs[-1], obs),
+            args=obs,
+            base_time=self.config.adjoint_base_time,
+            final_ode_step=self.config.adjoint_final_ode_step,
+        )
         loss, kl = adjoint_matching_loss(policy, self.base, xs, self.times, adj, lam=lam, args=obs, with_kl=True)
         batch_size = obs.shape[0]
         kl = kl / batch_size / self.config.horizon
-        loss = loss / batch_size
+        loss = scale * loss / batch_size
         return loss, {"actor_loss": loss, "kl": kl, "adjoint_norm": jnp.mean(jnp.abs(adj[-1]))}
 
 
 class QAM(AbstractFlowAgent):
-    """Q-learning with Adjoint Matching: a fixed λ = 1/τ (`config.inv_temp` = τ)."""
+    r"""Q-learning with Adjoint Matching: a fixed λ = 1/τ (`config.inv_temp` = τ).
+
+    The loss has the official QAM code's scale, σ = g and the adjoint's boundary multiplied by τ:
+    $\sum_i \lVert 2(v_\theta - \bar v_\beta)/g_i + g_i\,\tau\,\tilde a_i \rVert^2$, which is τ times the
+    adjoint-matching loss at σ = g/√λ (same minimiser; the scale matters through the global-norm clip
+    shared with the critic and the behaviour flow)."""
 
     def lam(self) -> Float[Array, ""]:
         return jnp.asarray(1.0 / self.config.inv_temp)
 
     def actor_loss(self, policy, batch, key):
-        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam())
+        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam(), scale=self.config.inv_temp)
 
 
 class TRQAM(AbstractFlowAgent):
@@ -272,10 +316,14 @@ class TRQAM(AbstractFlowAgent):
 
 
 class BAM(AbstractFlowAgent):
-    """The basic-adjoint ablation: the SOC objective λ·c·KL − Q(s, X_1) backpropagated through the
-    memoryless SDE (λ = 1/τ; c = 1/h by default, QAM's weighting of the running cost), with
-    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action,
-    as in the official BAM."""
+    r"""The basic-adjoint ablation, the official BAM's loss (qam `agents/bam.py`, `compute_sde`, `actor_loss`):
+
+    $$L = \frac1B\sum_b\Big[\sum_{i=0}^{K-2}\frac{2}{g_s(t_i)^2}
+    \big\lVert v_\theta(t_i, x_i) - \bar v_\beta(t_i, x_i)\big\rVert^2 - \tau\,Q(s_b, x_K)\Big],$$
+
+    backpropagated through the memoryless SDE (the noiseless last base step costs nothing): τ times the SOC
+    objective at λ = 1/τ with c = 1/h ([`flowsoc.soc_objective`][]; `bam_running_cost_scale` sets c).
+    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action."""
 
     def lam(self) -> Float[Array, ""]:
         return jnp.asarray(1.0 / self.config.inv_temp)
@@ -288,13 +336,15 @@ class BAM(AbstractFlowAgent):
         scale = float(self.config.flow_steps) if scale is None else scale
 
         critic = _frozen(self.nets.critic)
+        tau = self.config.inv_temp
 
-        def reward(x1, o):  # the official BAM's: online critic, mean - ρ std, at the unclipped action
+        def reward(x1, o):  # τ·Q, the official BAM's Q: online critic, mean - ρ std, at the unclipped action
             q = jax.vmap(critic)(o, x1)
-            return jnp.sum(jnp.mean(q, axis=-1) - self.config.pessimism * jnp.std(q, axis=-1))
+            return tau * jnp.sum(jnp.mean(q, axis=-1) - self.config.pessimism * jnp.std(q, axis=-1))
 
+        # τ·(λ·c·KL − Q) at λ = 1/τ is c·KL − τ·Q: the SOC objective at λ = 1 with reward τ·Q.
         objective = soc_objective(
-            policy, self.base, x0, self.times, k_sde, reward, lam=self.lam(), args=obs, running_cost_scale=scale
+            policy, self.base, x0, self.times, k_sde, reward, lam=1.0, args=obs, running_cost_scale=scale
         )
         loss = objective / obs.shape[0]
         frozen = _frozen(policy)

@@ -64,6 +64,13 @@ class AgentConfig:
     """TRQAM: take relative dual steps in log λ (see [`flowsoc.DualDescent`][])."""
     dual_update: bool = True
     """TRQAM: `False` switches the dual step off, keeping λ at `lam_init`."""
+    adjoint_base_time: str = "next"
+    r"""The base network's time input in the lean adjoint's step from $t_{i+1}$ back to $t_i$ (state $x_i$):
+    `"next"` ($t_i + h$, the official QAM and TRQAM codes), `"grid"` ($t_i$) or `"mid"`; see
+    [`flowsoc.lean_adjoint`][]."""
+    adjoint_final_ode_step: bool = False
+    """Use the Jacobian of the sampler's noiseless last step (the base's ODE step) on the adjoint's last cell
+    instead of the SDE drift's (the official codes use the drift's)."""
     clip_adjoint_action: bool = True
     """Take the adjoint boundary gradient (and BAM's reward) at `clip(a, -1, 1)`, as the reference codes do."""
     bam_running_cost_scale: float | None = None
@@ -90,6 +97,10 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: inv_temp must be > 0, got {self.inv_temp}.")
         if self.pessimism < 0:
             raise ValueError(f"AgentConfig: pessimism must be >= 0, got {self.pessimism}.")
+        if self.adjoint_base_time not in ("next", "grid", "mid"):
+            raise ValueError(
+                f"AgentConfig: adjoint_base_time must be 'next', 'grid' or 'mid', got {self.adjoint_base_time!r}."
+            )
         if any(int(h) < 1 for h in self.actor_hidden + self.critic_hidden):
             raise ValueError("AgentConfig: hidden sizes must be positive.")
         self.dual()  # validates the trust-region settings
@@ -107,13 +118,15 @@ class AgentConfig:
         return cls(**settings)
 
     @classmethod
-    def paper(cls, env: str, agent: str = "trqam", **overrides) -> "AgentConfig":
+    def paper(cls, env: str, agent: str = "trqam", protocol: str | None = None, **overrides) -> "AgentConfig":
         """The official runs' settings for OGBench dataset or domain `env` (e.g.
         `cube-double-play-singletask-task2-v0` or `cube-double`) and `agent` (`trqam`, `qam`,
-        `bam`): see [`flowsoc.rl.presets.domain_preset`][]."""
-        from .presets import domain_preset
+        `bam`) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`/`bam`,
+        TRQAM paper for `trqam`), or `"qam"` / `"trqam"`. See [`flowsoc.rl.presets.paper_preset`][]
+        (which also gives the sparse-reward choice, the BC pre-training steps and each value's source)."""
+        from .presets import paper_preset
 
-        settings = domain_preset(env).agent_settings(agent)
+        settings = paper_preset(env, agent, protocol).agent_settings()
         settings.update(overrides)
         return cls(**settings)
 

@@ -386,10 +386,14 @@ class Transitions(eqx.Module):
     masks: Float[Array, " n"]  # 0 where the step reaches the goal (no bootstrap), else 1
     terminals: Float[Array, " n"]  # 1 at the last transition of an episode
     next_observations: Float[Array, "n *obs"]
+    sparse_rewards: bool | None = eqx.field(static=True, default=None)
+    """Whether the rewards were made sparse when loaded (`None`: not recorded); the online phase applies the
+    same rule to the rewards it collects."""
 
     @classmethod
-    def from_numpy(cls, data: Mapping[str, Any], name: str = "") -> "Transitions":
-        """Device copy of an OGBench dataset dict (as from `load_ogbench`) in float32.
+    def from_numpy(cls, data: Mapping[str, Any], name: str = "", sparse_rewards: bool | None = None) -> "Transitions":
+        """Device copy of an OGBench dataset dict (as from `load_ogbench`) in float32. `sparse_rewards`: whether
+        its rewards were made sparse (recorded for the online phase).
 
         Needs `rewards` and `masks`, which only single-task datasets have.
         """
@@ -405,7 +409,8 @@ class Transitions(eqx.Module):
         bad = {f: len(data[f]) for f in _FIELDS if len(data[f]) != n}
         if bad:
             raise DatasetError(f"mismatched lengths {bad} (terminals: {n})")
-        return cls(**{f: jnp.asarray(np.asarray(data[f]), dtype=jnp.float32) for f in _FIELDS})
+        arrays = {f: jnp.asarray(np.asarray(data[f]), dtype=jnp.float32) for f in _FIELDS}
+        return cls(**arrays, sparse_rewards=sparse_rewards)
 
     @property
     def size(self) -> int:

@@ -24,7 +24,8 @@ from .agents import BAM, QAM, TRQAM
 from .config import AgentConfig, SMALL_NETWORKS
 from .envs import OGBenchEnvFactory
 from .online import latest_online_checkpoint, OnlineConfig, train_online
-from .presets import domain_preset
+from .presets import paper_preset, PaperPreset
+from .pretrain import bc_checkpoint_name, BCConfig, pretrain_behaviour
 from .seeds import aggregate, create_agents, ogbench_seeds_evaluator, seed_mesh, SeedsResult, train_offline_seeds
 from .train import load_transitions, ogbench_evaluator, train_offline, TrainConfig, TrainResult
 
@@ -47,6 +48,18 @@ class OfflineArgs:
     """trqam: λ by dual descent on a KL budget; qam: fixed temperature τ; bam: basic-adjoint ablation."""
     preset: Literal["small", "paper"] = "small"
     """paper: the official per-domain settings and protocol (1M steps, 4x512 nets); small: CPU-sized."""
+    protocol: Literal["qam", "trqam"] | None = None
+    """Whose protocol: the QAM paper's (no BC pre-training, its networks, γ and sparse rewards) or the TRQAM
+    paper's (BC pre-training, dense rewards); default: the paper that ran --agent (qam, bam: QAM's)."""
+    pretrain_steps: int | None = None
+    """Steps of BC pre-training of the behaviour flow before RL (default: the protocol's, 300,000 for TRQAM's
+    and 0 for QAM's with --preset paper; 5,000 and 0 for small); 0 starts every network from scratch."""
+    bc_checkpoint: str | None = None
+    """Directory of the pre-trained behaviour flow: reused when complete, resumed when stopped, trained
+    there when absent (default: runs/bc/<dataset>-<flow shape>-<steps>-<batch>-seed<bc-seed>, shared by every
+    agent and seed, as the official runs share one per domain)."""
+    bc_seed: int = 0
+    """Seed of the BC pre-training (one pre-trained flow serves every --seed)."""
     steps: int | None = None
     """Update steps (default: 1,000,000 for paper, 24,000 for small)."""
     batch_size: int | None = None
@@ -97,6 +110,9 @@ class Plan:
     episodes: int | None
     episode_length: int | None
     run_dir: pathlib.Path
+    preset: PaperPreset
+    pretrain: TrainConfig | None
+    bc_dir: pathlib.Path | None
 
 
 def _cache_dir(episodes: int, episode_length: int | None) -> str:
@@ -107,19 +123,29 @@ def _cache_dir(episodes: int, episode_length: int | None) -> str:
 
 def plan(args: OfflineArgs) -> Plan:
     """Resolve presets and defaults (validating them) into a `Plan`."""
-    preset = domain_preset(args.env)
-    settings = preset.agent_settings(args.agent)
+    preset = paper_preset(args.env, args.agent, protocol=args.protocol)
+    settings = preset.agent_settings()
     episode_length = None
+    pretrains = preset.pretrain_steps > 0
     if args.smoke:
         settings.update(actor_hidden=(32, 32), critic_hidden=(32, 32), num_critics=2, flow_steps=4)
-        defaults = dict(steps=20, batch_size=16, eval_every=20, eval_episodes=2, episodes=3)
+        defaults = dict(steps=20, batch_size=16, eval_every=20, eval_episodes=2, episodes=3, pretrain=20 * pretrains)
         episode_length = 101
         args = dataclasses.replace(args, steps_per_dispatch=min(args.steps_per_dispatch, 10))
     elif args.preset == "small":
         settings.update(SMALL_NETWORKS)
-        defaults = dict(steps=24_000, batch_size=128, eval_every=4_000, eval_episodes=20, episodes=50)
+        defaults = dict(
+            steps=24_000, batch_size=128, eval_every=4_000, eval_episodes=20, episodes=50, pretrain=5_000 * pretrains
+        )
     else:
-        defaults = dict(steps=1_000_000, batch_size=256, eval_every=50_000, eval_episodes=50, episodes=None)
+        defaults = dict(
+            steps=1_000_000,
+            batch_size=256,
+            eval_every=50_000,
+            eval_episodes=50,
+            episodes=None,
+            pretrain=preset.pretrain_steps,
+        )
     if args.kl_budget is not None:
         settings["kl_budget"] = args.kl_budget
     if args.inv_temp is not None:
@@ -144,6 +170,26 @@ def plan(args: OfflineArgs) -> Plan:
     if data_dir is None and (args.preset == "small" or args.smoke):
         data_dir = _cache_dir(episodes, episode_length)
     run_dir = args.run_dir or f"runs/{args.env}-{args.agent}-{'smoke' if args.smoke else args.preset}-seed{args.seed}"
+    pretrain_steps = defaults["pretrain"] if args.pretrain_steps is None else args.pretrain_steps
+    if not isinstance(pretrain_steps, int) or pretrain_steps < 0:
+        raise ValueError(f"--pretrain-steps must be a non-negative integer, got {pretrain_steps!r}.")
+    pretrain, bc_dir = None, None
+    if pretrain_steps or args.bc_checkpoint:
+        if not pretrain_steps:
+            raise ValueError("--bc-checkpoint needs --pretrain-steps > 0 (the pre-trained flow's steps).")
+        per = math.gcd(pretrain_steps, 500)
+        pretrain = TrainConfig(
+            steps=pretrain_steps,
+            batch_size=train_config.batch_size,
+            steps_per_dispatch=per,
+            eval_every=0,
+            checkpoint_every=per * max(1, pretrain_steps // 10 // per),
+            seed=args.bc_seed,
+            progress=args.progress,
+        )
+        bc_config = BCConfig.of(agent_config)
+        name = bc_checkpoint_name(args.env, bc_config, pretrain_steps, pretrain.batch_size, args.bc_seed)
+        bc_dir = pathlib.Path(args.bc_checkpoint or pathlib.Path(run_dir).parent / "bc" / name)
     return Plan(
         env=args.env,
         agent_cls=AGENTS[args.agent],
@@ -153,7 +199,30 @@ def plan(args: OfflineArgs) -> Plan:
         episodes=episodes,
         episode_length=episode_length,
         run_dir=pathlib.Path(run_dir),
+        preset=preset,
+        pretrain=pretrain,
+        bc_dir=bc_dir,
     )
+
+
+def pretrained_flow(p: Plan, data, resume: bool = False):
+    """The BC-pre-trained behaviour flow of plan `p` ([`flowsoc.rl.pretrain.pretrain_behaviour`][]), or `None`
+    when the plan has no pre-training or when `resume` continues a fine-tuning run (whose checkpoint holds
+    every network)."""
+    if p.pretrain is None or resume:
+        return None
+    return pretrain_behaviour(data, BCConfig.of(p.agent_config), p.pretrain, p.bc_dir)
+
+
+def _resuming(p: Plan, args: OfflineArgs) -> bool:
+    """Whether `--resume` continues a fine-tuning checkpoint; `False` when the run stopped during its BC
+    pre-training (fine-tuning then starts from the pre-trained flow), an error when there is nothing at all."""
+    if not args.resume or (p.run_dir / "checkpoint" / "meta.json").exists():
+        return args.resume
+    if p.bc_dir is not None and (p.bc_dir / "checkpoint" / "meta.json").exists():
+        print(f"no fine-tuning checkpoint in {p.run_dir} yet: continuing from the BC pre-training in {p.bc_dir}")
+        return False
+    return True  # train_offline names the missing checkpoint
 
 
 def results_table(result: TrainResult, agent_name: str) -> str:
@@ -191,8 +260,9 @@ def _load_data(p: Plan, args: OfflineArgs):
         episode_length=p.episode_length,
         workers=1 if args.smoke else args.workers,
         progress=args.progress,
+        sparse=p.preset.sparse,
     )
-    data = load_transitions(train, p.env)
+    data = load_transitions(train, p.env, sparse_rewards=p.preset.sparse)
     obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
     print(
         f"data: {data.size} transitions, observation {obs_dim}, action {action_dim} "
@@ -224,6 +294,10 @@ def provenance(started: float) -> dict:
     }
 
 
+def _bc_info(p: Plan) -> dict:
+    return {} if p.pretrain is None else {"pretrain_steps": p.pretrain.steps, "bc_checkpoint": str(p.bc_dir)}
+
+
 def _eval_env_kwargs(args: OfflineArgs) -> dict:
     return {"max_episode_steps": 50} if args.smoke else {}
 
@@ -238,15 +312,22 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     p = plan(args)
     print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {'smoke' if args.smoke else args.preset} preset")
     data = _load_data(p, args)
-    agent = p.agent_cls.create(jr.key(args.seed), data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
-    info = {"env": p.env, "agent": args.agent, "preset": "smoke" if args.smoke else args.preset}
+    resume = _resuming(p, args)
+    agent = p.agent_cls.create(
+        jr.key(args.seed),
+        data.observations.shape[-1],
+        data.actions.shape[-1],
+        p.agent_config,
+        pretrained=pretrained_flow(p, data, resume),
+    )
+    info = {"env": p.env, "agent": args.agent, "preset": "smoke" if args.smoke else args.preset, **_bc_info(p)}
     result = train_offline(
         agent,
         data,
         p.train_config,
         evaluator=ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
         run_dir=p.run_dir,
-        resume=args.resume,
+        resume=resume,
         info=info,
     )
     table = results_table(result, args.agent)
@@ -338,7 +419,15 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
         )
     print(f"flowsoc offline: {p.env}, {p.agent_cls.__name__}, {mode} preset, seeds {seeds[0]}-{seeds[-1]}")
     data = _load_data(p, args)
-    agents = create_agents(p.agent_cls, seeds, data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
+    resume = _resuming(p, args)
+    agents = create_agents(
+        p.agent_cls,
+        seeds,
+        data.observations.shape[-1],
+        data.actions.shape[-1],
+        p.agent_config,
+        pretrained=pretrained_flow(p, data, resume),
+    )
     devices = jax.devices()[: math.gcd(len(seeds), jax.device_count())]
     mesh = seed_mesh(devices) if len(devices) > 1 else None
     if len(devices) < jax.device_count():
@@ -346,7 +435,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
             f"note: {len(seeds)} seeds over {len(devices)} of {jax.device_count()} devices "
             "(a multiple of the device count uses them all)"
         )
-    info = {"env": p.env, "agent": args.agent, "preset": mode}
+    info = {"env": p.env, "agent": args.agent, "preset": mode, **_bc_info(p)}
     result = train_offline_seeds(
         agents,
         data,
@@ -354,7 +443,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
         seeds,
         evaluator=ogbench_seeds_evaluator(p.env, p.train_config, **_eval_env_kwargs(args)),
         run_dir=p.run_dir,
-        resume=args.resume,
+        resume=resume,
         info=info,
         mesh=mesh,
     )
@@ -448,7 +537,7 @@ def plan_online(args: OfflineToOnlineArgs) -> tuple[Plan, OnlineConfig, OGBenchE
         num_envs=args.num_envs,
         env_workers=args.env_workers,
         kl_budget=args.online_kl_budget,
-        sparse_rewards=domain_preset(args.env).sparse,
+        sparse_rewards=p.preset.sparse,
         eval_every=t.eval_every,
         eval_episodes=t.eval_episodes,
         eval_envs=t.eval_envs,
@@ -494,9 +583,16 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
     mode = "smoke" if args.smoke else args.preset
     print(f"flowsoc offline-to-online: {p.env}, {p.agent_cls.__name__}, {mode} preset")
     data = _load_data(p, args)
-    agent = p.agent_cls.create(jr.key(args.seed), data.observations.shape[-1], data.actions.shape[-1], p.agent_config)
-    info = {"env": p.env, "agent": args.agent, "preset": mode, "protocol": "offline-to-online"}
     resume_online = args.resume and latest_online_checkpoint(p.run_dir) is not None
+    resume_offline = not resume_online and _resuming(p, args)
+    agent = p.agent_cls.create(
+        jr.key(args.seed),
+        data.observations.shape[-1],
+        data.actions.shape[-1],
+        p.agent_config,
+        pretrained=pretrained_flow(p, data, resume_online or resume_offline),
+    )
+    info = {"env": p.env, "agent": args.agent, "preset": mode, "protocol": "offline-to-online", **_bc_info(p)}
     evaluator = ogbench_evaluator(p.env, p.train_config, **_eval_env_kwargs(args))  # one set of envs, both phases
     if resume_online:
         offline_agent = agent
@@ -508,7 +604,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
             p.train_config,
             evaluator=evaluator,
             run_dir=p.run_dir,
-            resume=args.resume and (p.run_dir / "checkpoint" / "meta.json").exists(),
+            resume=resume_offline,
             info=info,
         ).agent
     print(f"online phase: {online.steps} environment steps, updates from step {online.start_training}")

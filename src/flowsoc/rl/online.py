@@ -92,8 +92,9 @@ class OnlineConfig:
     """TRQAM: the budget of this phase (`None`: keep the offline one). λ carries over either way."""
     buffer_capacity: int | None = None
     """Replay rows; `None`: offline size + `steps`. More lets a resumed run be extended to more steps."""
-    sparse_rewards: bool = False
-    """Apply the offline sparse-reward rule to online rewards (puzzle, scene)."""
+    sparse_rewards: bool | None = None
+    """Apply the offline sparse-reward rule to online rewards (puzzle, scene). `None`: do what was done to the
+    offline data (`Transitions.sparse_rewards`; dense when not recorded)."""
     eval_every: int = 50_000
     """Environment steps between evaluations; 0: only at the end."""
     eval_episodes: int = 50
@@ -342,6 +343,20 @@ def with_kl_budget(agent: AbstractFlowAgent, kl_budget: float | None) -> Abstrac
     return dataclasses.replace(agent, config=agent.config.replace(kl_budget=kl_budget))
 
 
+def online_sparse_rewards(config: OnlineConfig, offline: Transitions) -> bool:
+    """Whether online rewards are made sparse: `config.sparse_rewards`, or when `None` the rule the offline data
+    were loaded with. Refuses a setting that contradicts the offline data's (the replay would mix both)."""
+    recorded = offline.sparse_rewards
+    if config.sparse_rewards is None:
+        return bool(recorded)
+    if recorded is not None and recorded != config.sparse_rewards:
+        raise ValueError(
+            f"OnlineConfig(sparse_rewards={config.sparse_rewards}) but the offline data were loaded with "
+            f"sparse rewards {recorded}: the replay buffer would mix both reward scales; leave it None or match them."
+        )
+    return config.sparse_rewards
+
+
 def train_online(
     agent: AbstractFlowAgent,
     offline: Transitions,
@@ -401,7 +416,7 @@ def train_online(
     collector = Collector(
         runner,
         config.seed,
-        reward_fn=sparsify_rewards if config.sparse_rewards else None,
+        reward_fn=sparsify_rewards if online_sparse_rewards(config, offline) else None,
         episodes_started=episodes_started,
         policy_calls=policy_calls,
     )

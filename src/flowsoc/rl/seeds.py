@@ -115,16 +115,23 @@ def unstack_agent(agents: AbstractFlowAgent, i: int) -> AbstractFlowAgent:
 
 
 def create_agents(
-    cls: type[AbstractFlowAgent], seeds: Sequence[int], obs_dim: int, action_dim: int, config: AgentConfig
+    cls: type[AbstractFlowAgent],
+    seeds: Sequence[int],
+    obs_dim: int,
+    action_dim: int,
+    config: AgentConfig,
+    *,
+    pretrained=None,
 ) -> AbstractFlowAgent:
-    """The stack of `cls.create(jax.random.key(seed), obs_dim, action_dim, config)` over `seeds`: seed
-    `i`'s agent equals the one a single-seed run with that seed builds."""
+    """The stack of `cls.create(jax.random.key(seed), obs_dim, action_dim, config, pretrained=pretrained)` over
+    `seeds`: seed `i`'s agent equals the one a single-seed run with that seed builds (every seed starts from
+    the same pre-trained flow, as the official runs share one)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("create_agents: need at least one seed.")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"create_agents: seeds must be distinct, got {seeds}.")
-    return stack_agents([cls.create(jr.key(s), obs_dim, action_dim, config) for s in seeds])
+    return stack_agents([cls.create(jr.key(s), obs_dim, action_dim, config, pretrained=pretrained) for s in seeds])
 
 
 # ---------------------------------------------------------------------------------- fused updates

@@ -311,6 +311,14 @@ def plot_learning_curve(
 
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
+    if train and not evals and all("behaviour_loss" in r and "kl" not in r for r in train):  # BC pre-training
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        ax.plot([r["step"] for r in train], [r["behaviour_loss"] for r in train])
+        ax.set(xlabel="pre-training step", ylabel="flow-matching loss", title="BC pre-training", yscale="log")
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
     flows = [k[: -len("/success")] for k in (evals[0] if evals else {}) if k.endswith("/success")]
@@ -450,6 +458,8 @@ def raise_non_finite(what: str, step: int, ckpt_dir: pathlib.Path | None):
 
 def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
     out = {k: f"{row[k]:.3g}" for k in ("critic_loss", "actor_loss", "kl", "lam") if k in row}
+    if not out and "behaviour_loss" in row:  # BC pre-training
+        out["bc_loss"] = f"{row['behaviour_loss']:.3g}"
     if last_eval:
         out.update({k.split("/")[0]: f"{100 * v:.0f}%" for k, v in last_eval.items() if k.endswith("/success")})
     return out
@@ -554,8 +564,9 @@ def train_offline(
     return TrainResult(agent=agent, rows=log.rows, run_dir=directory)
 
 
-def load_transitions(data: dict[str, np.ndarray], name: str = "") -> Transitions:
-    """`Transitions` from a numpy dataset, refusing non-finite values with the field named."""
+def load_transitions(data: dict[str, np.ndarray], name: str = "", sparse_rewards: bool | None = None) -> Transitions:
+    """`Transitions` from a numpy dataset, refusing non-finite values with the field named; `sparse_rewards`
+    records whether its rewards were made sparse (the online phase then does the same)."""
     for field in ("observations", "actions", "rewards", "next_observations"):
         if field in data and not np.all(np.isfinite(data[field])):
             rows = np.flatnonzero(~np.all(np.isfinite(np.reshape(data[field], (len(data[field]), -1))), axis=1))
@@ -563,7 +574,7 @@ def load_transitions(data: dict[str, np.ndarray], name: str = "") -> Transitions
                 f"dataset {name!r}: {field} holds NaN or inf in {rows.size} rows (first at row {rows[0]}); "
                 "regenerate the dataset or clean it."
             )
-    return Transitions.from_numpy(data, name)
+    return Transitions.from_numpy(data, name, sparse_rewards=sparse_rewards)
 
 
 __all__ = [
