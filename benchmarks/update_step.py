@@ -5,8 +5,14 @@ Paper size (spec.md §6, performance.md): batch 256, observation 40, action 5 in
 sampled on the device from a synthetic offline table inside the fused `lax.scan` of
 `flowsoc.rl.train.fused_updates`, as in training; `small-1/dispatch` runs the small update one step
 per call to show what fusing saves.
+Each size runs once per lean-adjoint convention: `next` (the base's time input t_i + h, the official
+codes' and the agents' default), `grid` (t_i) and `chain` (t_i, and the Jacobian of the noiseless last
+step: the exact vector-Jacobian product of the sampled chain).
 Reports steps/s (steady, several steps per dispatch), the first call (trace + compile), the FLOPs
-XLA counts per update, and peak host memory; writes benchmarks/results/update_step.json.
+XLA's cost analysis reports per update, and peak host memory; writes benchmarks/results/update_step.json.
+XLA counts the body of a while loop once, and the update has three Diffrax loops (the target policy's ODE,
+the SDE, the lean adjoint), so that column undercounts the true arithmetic (61.5 GFLOP at the paper size);
+it is comparable between rows, not a total.
 
     python benchmarks/update_step.py            # both sizes
     python benchmarks/update_step.py --quick    # fewer steps
@@ -97,22 +103,31 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "update_step.json"))
     opts = parser.parse_args()
-    paper = AgentConfig()
-    small = AgentConfig.small()
-    rows = {
-        "paper": measure(paper, 256, 5 if opts.quick else 10, 2 if opts.quick else 3),
-        "small": measure(small, 128, 50 if opts.quick else 100, 2 if opts.quick else 3),
-        # the same small update dispatched one step at a time: what fusing saves
-        "small-1/dispatch": measure(small, 128, 1, 20 if opts.quick else 50),
+    conventions = {
+        "next": dict(adjoint_base_time="next"),
+        "grid": dict(adjoint_base_time="grid"),
+        "chain": dict(adjoint_base_time="grid", adjoint_final_ode_step=True),
     }
+    rows = {}
+    for name, convention in conventions.items():
+        rows[f"paper ({name})"] = measure(
+            AgentConfig(**convention), 256, 5 if opts.quick else 10, 2 if opts.quick else 3
+        )
+    for name, convention in conventions.items():
+        rows[f"small ({name})"] = measure(
+            AgentConfig.small(**convention), 128, 50 if opts.quick else 100, 2 if opts.quick else 3
+        )
+    # the same small update dispatched one step at a time: what fusing saves
+    rows["small-1/dispatch"] = measure(AgentConfig.small(), 128, 1, 20 if opts.quick else 50)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nTRQAM update on {jax.devices()[0]} (float32)")
-    print(f"{'size':<17}{'steps/s':>9}{'ms/step':>9}{'best ms':>9}{'1st call s':>12}{'GFLOP/upd':>11}{'GFLOP/s':>9}")
+    print(f"{'size (adjoint)':<17}{'steps/s':>9}{'ms/step':>9}{'best ms':>9}{'1st call s':>12}{'XLA GFLOP':>11}")
     for name, r in rows.items():
         print(
             f"{name:<17}{r['steps_per_s']:>9.2f}{1e3 * r['median_s_per_step']:>9.0f}{1e3 * r['best_s_per_step']:>9.0f}"
-            f"{r['first_call_s']:>12.1f}{r['gflop_per_update']:>11.1f}{r['achieved_gflop_per_s']:>9.1f}"
+            f"{r['first_call_s']:>12.1f}{r['gflop_per_update']:>11.1f}"
         )
+    print("(XLA GFLOP: the cost analysis, which counts each while-loop body once; compare rows, not totals)")
     print(f"peak host memory: {peak_mb:.0f} MB")
     print("reference (official TRQAM, performance.md): paper size 0.75-0.84 s/step, 61.5 GFLOP/update")
     record = {

@@ -110,3 +110,74 @@ def test_offline_to_online_example_smoke_mode(tmp_path):
     assert [r["buffer_size"] for r in online] == [300 + 10 * i for i in range(1, 5)]  # 3 episodes of 100
     assert (run / "online" / "LATEST").read_text() == "ckpt-0000000040"
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------- BC pre-training plan
+
+
+def test_plan_bc_pretraining():
+    from flowsoc.rl.pretrain import bc_checkpoint_name, BCConfig
+
+    smoke = plan(OfflineArgs(smoke=True))
+    assert smoke.agent_cls is TRQAM and smoke.pretrain is not None
+    assert smoke.pretrain.steps == 20 and smoke.pretrain.eval_every == 0  # flow matching only: no evaluation
+    assert smoke.pretrain.batch_size == smoke.train_config.batch_size and smoke.pretrain.seed == 0
+    assert smoke.pretrain.steps % smoke.pretrain.steps_per_dispatch == 0
+    name = bc_checkpoint_name(
+        "cube-single-play-singletask-task1-v0", BCConfig.of(smoke.agent_config), 20, smoke.train_config.batch_size, 0
+    )
+    assert smoke.bc_dir == pathlib.Path("runs") / "bc" / name
+    assert name == "cube-single-play-singletask-task1-v0-h5-32x32-20steps-b16-seed0"
+    # Next to the run directory, one per dataset/flow/steps/batch/seed, shared by agents and fine-tuning seeds.
+    other = plan(OfflineArgs(smoke=True, run_dir="out/x", seed=3, bc_seed=2))
+    assert other.bc_dir == pathlib.Path("out/bc") / name.replace("seed0", "seed2") and other.pretrain.seed == 2
+    assert plan(OfflineArgs(smoke=True, agent="qam", protocol="trqam")).bc_dir == smoke.bc_dir
+    assert plan(OfflineArgs(smoke=True, bc_checkpoint="my/bc")).bc_dir == pathlib.Path("my/bc")
+    # The QAM paper's protocol and --pretrain-steps 0: no pre-training.
+    for args in (OfflineArgs(smoke=True, agent="qam"), OfflineArgs(smoke=True, pretrain_steps=0)):
+        p = plan(args)
+        assert p.pretrain is None and p.bc_dir is None
+    assert plan(OfflineArgs(smoke=True, agent="qam", pretrain_steps=40)).pretrain.steps == 40
+    with pytest.raises(ValueError, match="--bc-checkpoint needs --pretrain-steps > 0"):
+        plan(OfflineArgs(smoke=True, pretrain_steps=0, bc_checkpoint="my/bc"))
+    with pytest.raises(ValueError, match="--bc-checkpoint needs --pretrain-steps > 0"):
+        plan(OfflineArgs(smoke=True, agent="qam", bc_checkpoint="my/bc"))
+    with pytest.raises(ValueError, match="--pretrain-steps must be a non-negative integer, got -5"):
+        plan(OfflineArgs(smoke=True, pretrain_steps=-5))
+    # The small preset pre-trains 5,000 steps for the TRQAM protocol.
+    assert plan(OfflineArgs()).pretrain.steps == 5_000 and plan(OfflineArgs(agent="qam")).pretrain is None
+
+
+def test_plan_bc_pretraining_paper_protocols():
+    env = "cube-triple-play-singletask-task2-v0"
+    trqam = plan(OfflineArgs(preset="paper", env=env, run_dir="r"))
+    assert trqam.pretrain.steps == 300_000 and trqam.pretrain.batch_size == 256
+    assert trqam.pretrain.steps_per_dispatch == 500 and trqam.pretrain.checkpoint_every == 30_000
+    assert trqam.agent_config.actor_hidden == (1024,) * 4 and trqam.agent_config.actor_layer_norm
+    assert trqam.bc_dir.name == f"{env}-h5-1024x1024x1024x1024-ln-300000steps-b256-seed0"
+    qam = plan(OfflineArgs(preset="paper", env=env, agent="qam", run_dir="r"))
+    assert qam.pretrain is None and qam.bc_dir is None
+    assert qam.agent_config.actor_hidden == (512,) * 4 and qam.agent_config.critic_hidden == (512,) * 4
+    assert not qam.agent_config.actor_layer_norm
+
+
+def test_resuming_decides_between_fine_tuning_and_bc_checkpoints(tmp_path, capsys):
+    import dataclasses
+
+    from flowsoc.rl.experiment import _resuming, pretrained_flow
+
+    args = OfflineArgs(smoke=True, run_dir=str(tmp_path / "run"), resume=True)
+    p = plan(args)
+    assert p.bc_dir == tmp_path / "bc" / p.bc_dir.name
+    assert _resuming(p, dataclasses.replace(args, resume=False)) is False
+    assert _resuming(p, args) is True  # nothing at all: train_offline names the missing checkpoint
+    (p.bc_dir / "checkpoint").mkdir(parents=True)
+    (p.bc_dir / "checkpoint" / "meta.json").write_text("{}")
+    assert _resuming(p, args) is False  # stopped during pre-training: fine-tuning starts after it
+    assert "continuing from the BC pre-training" in capsys.readouterr().out
+    (p.run_dir / "checkpoint").mkdir(parents=True)
+    (p.run_dir / "checkpoint" / "meta.json").write_text("{}")
+    assert _resuming(p, args) is True
+    # A resumed fine-tuning run holds every network: no pre-trained flow is needed (nor read).
+    assert pretrained_flow(p, data=None, resume=True) is None
+    assert pretrained_flow(plan(OfflineArgs(smoke=True, agent="qam")), data=None) is None

@@ -11,7 +11,7 @@ import pytest
 from tests.rl.toy_envs import BanditEnv, CounterEnv
 
 from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.data import sample_chunks, Transitions
+from flowsoc.rl.data import sample_chunks
 from flowsoc.rl.envs import InProcessEnvs, WorkerEnvs
 from flowsoc.rl.online import (
     Collector,
@@ -147,7 +147,10 @@ def bandit_offline(n=64, seed=0):
 
 
 def rows_of(buffer, start, stop):
-    return {k: np.asarray(getattr(buffer.data, k)[start:stop]) for k in Transitions.__dataclass_fields__}
+    return {
+        k: np.asarray(getattr(buffer.data, k)[start:stop])
+        for k in ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
+    }
 
 
 def test_buffer_holds_offline_then_exactly_the_online_steps_and_sampling_mixes_them():
@@ -260,3 +263,47 @@ def test_online_config_validation():
         OnlineConfig(utd=0)
     with pytest.raises(ValueError, match="kl_budget must be > 0"):
         OnlineConfig(kl_budget=-1.0)
+
+
+# ---------------------------------------------------------------------------------- sparse rewards online
+
+
+def test_online_sparse_rewards_follow_the_offline_data():
+    import dataclasses
+
+    from flowsoc.rl.online import online_sparse_rewards
+
+    dense = bandit_offline()
+    assert dense.sparse_rewards is None  # nothing recorded
+    recorded = {flag: dataclasses.replace(dense, sparse_rewards=flag) for flag in (True, False)}
+    assert OnlineConfig().sparse_rewards is None  # the default: follow the offline data
+    follow = OnlineConfig()
+    assert online_sparse_rewards(follow, recorded[True]) is True
+    assert online_sparse_rewards(follow, recorded[False]) is False
+    assert online_sparse_rewards(follow, dense) is False  # dense when nothing is recorded
+    for flag in (True, False):
+        explicit = OnlineConfig(sparse_rewards=flag)
+        assert online_sparse_rewards(explicit, recorded[flag]) is flag  # a matching setting is respected
+        assert online_sparse_rewards(explicit, dense) is flag  # nothing recorded: the setting decides
+        with pytest.raises(ValueError, match=rf"sparse_rewards={flag}\).*loaded with sparse rewards {not flag}"):
+            online_sparse_rewards(explicit, recorded[not flag])
+    # load_transitions records the rule.
+    arrays = {k: np.asarray(getattr(dense, k)) for k in ("observations", "actions", "rewards", "masks", "terminals")}
+    arrays["next_observations"] = np.asarray(dense.next_observations)
+    assert load_transitions(arrays, "bandit", sparse_rewards=True).sparse_rewards is True
+
+
+def test_online_collection_applies_the_offline_reward_rule():
+    import dataclasses
+
+    offline = dataclasses.replace(bandit_offline(), sparse_rewards=True)
+    agent = TRQAM.create(jr.key(0), 3, 1, CONFIG)
+    config = ONLINE.replace(steps=100, start_training=100)  # collection only: no update to compile
+    result = train_online(agent, offline, config, BanditEnv)
+    online = np.asarray(result.buffer.data.rewards[offline.size : offline.size + config.steps])
+    # BanditEnv's dense reward 1 - 4 (a - best)² is non-zero: sparse, -1[r != 0], gives -1 everywhere.
+    np.testing.assert_array_equal(online, -np.ones(config.steps, np.float32))
+    dense = train_online(agent, dataclasses.replace(offline, sparse_rewards=False), config, BanditEnv)
+    assert np.all(np.asarray(dense.buffer.data.rewards[offline.size : offline.size + config.steps]) != -1.0)
+    with pytest.raises(ValueError, match="sparse_rewards=False"):
+        train_online(agent, offline, config.replace(sparse_rewards=False), BanditEnv)

@@ -72,10 +72,11 @@ class AgentConfig:
     """Use the Jacobian of the sampler's noiseless last step (the base's ODE step) on the adjoint's last cell
     instead of the SDE drift's (the official codes use the drift's)."""
     clip_adjoint_action: bool = True
-    """Take the adjoint boundary gradient (and BAM's reward) at `clip(a, -1, 1)`, as the reference codes do."""
+    """Take the adjoint boundary gradient at `clip(a, -1, 1)`, as the reference codes do (BAM's reward is
+    taken at the unclipped action, as in the official BAM)."""
     bam_running_cost_scale: float | None = None
-    """BAM: the factor $c$ on the running cost λ·c·KL; `None` is QAM's $1/h$ (`flow_steps`), the running cost summed
-    without the step size."""
+    r"""BAM: the factor $c$ in its loss $c\,\widehat{\rm KL}_{\rm noisy} - \tau\,Q$ (the running cost over the noisy
+    steps); `None` is the official BAM's $1/h$ (`flow_steps`), the running cost summed without the step size."""
 
     def __post_init__(self):
         ints = ("horizon", "num_critics", "flow_steps")

@@ -19,6 +19,7 @@ The pipeline:
    `sample_sequence` semantics; `ReplayBuffer` adds online transitions.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -472,6 +473,8 @@ def add_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer:
     buffer donated, the update is in place.
     """
     k = batch.size
+    # The rows take the buffer's record of the reward rule (a static field: the trees must match).
+    batch = dataclasses.replace(batch, sparse_rewards=buffer.data.sparse_rewards)
     if k > buffer.capacity:
         raise ValueError(f"cannot add {k} rows to a buffer of capacity {buffer.capacity}")
     rows = (buffer.pointer + jnp.arange(k, dtype=jnp.int32)) % buffer.capacity

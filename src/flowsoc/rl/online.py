@@ -412,11 +412,12 @@ def train_online(
         offline_steps, env_step, episodes_started, policy_calls = int(agent.step), 0, 0, 0
         log = MetricsLog.restore(directory, offline_steps) if directory is not None else MetricsLog(None)
 
+    sparse = online_sparse_rewards(config, offline)  # refused before any environment is built
     runner = make_env_runner(env_factory, config.num_envs, config.env_workers)
     collector = Collector(
         runner,
         config.seed,
-        reward_fn=sparsify_rewards if online_sparse_rewards(config, offline) else None,
+        reward_fn=sparsify_rewards if sparse else None,
         episodes_started=episodes_started,
         policy_calls=policy_calls,
     )

@@ -65,7 +65,6 @@ class BCConfig:
     actor_layer_norm: bool
     learning_rate: float
     grad_clip: float | None
-    flow_steps: int
 
     @classmethod
     def of(cls, config: AgentConfig) -> "BCConfig":
@@ -75,7 +74,6 @@ class BCConfig:
             actor_layer_norm=bool(config.actor_layer_norm),
             learning_rate=float(config.learning_rate),
             grad_clip=config.grad_clip,
-            flow_steps=config.flow_steps,
         )
 
     @property
@@ -129,13 +127,14 @@ class BCPretrainer(eqx.Module):
         return new, metrics
 
     def sample_actions(
-        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "behaviour"
+        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "behaviour", flow_steps: int = 10
     ) -> Float[Array, "*batch horizon action"]:
-        """Action chunks from the flow's Euler ODE, clipped to [-1, 1] (to evaluate the BC flow)."""
+        """Action chunks from the flow's Euler ODE (`flow_steps` steps), clipped to [-1, 1] (to evaluate the BC
+        flow)."""
         single = observations.ndim == 1
         obs = observations[None] if single else observations
         noise = jr.normal(key, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
-        x1 = jnp.clip(sample_ode(self.flow, noise, uniform_grid(self.config.flow_steps), args=obs), -1.0, 1.0)
+        x1 = jnp.clip(sample_ode(self.flow, noise, uniform_grid(flow_steps), args=obs), -1.0, 1.0)
         actions = x1.reshape(obs.shape[:-1] + (self.config.horizon, self.action_dim))
         return actions[0] if single else actions
 

@@ -28,6 +28,11 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._checkpoint import atomic_write, CheckpointError, load_tree, save_tree
 from .agents import AbstractFlowAgent
+
+
+Agent = eqx.Module
+"""What the loops train: a pure `eqx.Module` with `update(batch) -> (new, metrics)`, an integer array `step`
+and a static `config` with `horizon` and `discount` (the flow agents, or `flowsoc.rl.pretrain.BCPretrainer`)."""
 from .data import ReplayBuffer, sample_chunks, Transitions
 
 
@@ -117,12 +122,12 @@ def batch_key(seed: int | Array, step: int | Array) -> PRNGKeyArray:
 
 
 def fused_updates_body(
-    agent: AbstractFlowAgent,
+    agent: Agent,
     data: Transitions | ReplayBuffer,
     seed: int | Array,
     num_steps: int,
     batch_size: int,
-) -> tuple[AbstractFlowAgent, dict[str, Array]]:
+) -> tuple[Agent, dict[str, Array]]:
     """The unjitted body of [`fused_updates`][flowsoc.rl.train.fused_updates] (to be traced inside
     other transformations, e.g. `vmap` over a seed axis in `flowsoc.rl.seeds`)."""
     cfg = agent.config
@@ -140,12 +145,12 @@ def fused_updates_body(
 
 @eqx.filter_jit
 def fused_updates(
-    agent: AbstractFlowAgent,
+    agent: Agent,
     data: Transitions | ReplayBuffer,
     seed: int | Array,
     num_steps: int,
     batch_size: int,
-) -> tuple[AbstractFlowAgent, dict[str, Array]]:
+) -> tuple[Agent, dict[str, Array]]:
     """`num_steps` updates in one `lax.scan`, each on a fresh batch of chunks from `data`; the
     metrics come back stacked, shape `(num_steps,)` each."""
     return fused_updates_body(agent, data, seed, num_steps, batch_size)
@@ -154,7 +159,7 @@ def fused_updates(
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _meta(agent: AbstractFlowAgent, config: Any, info: dict) -> dict:
+def _meta(agent: Agent, config: Any, info: dict) -> dict:
     """Checkpoint metadata; `config` is the loop's config (`TrainConfig` or `OnlineConfig`)."""
     return {
         "agent": type(agent).__name__,
@@ -165,7 +170,7 @@ def _meta(agent: AbstractFlowAgent, config: Any, info: dict) -> dict:
     }
 
 
-def save_agent_checkpoint(directory: str | os.PathLike, agent: AbstractFlowAgent, meta: dict) -> pathlib.Path:
+def save_agent_checkpoint(directory: str | os.PathLike, agent: Agent, meta: dict) -> pathlib.Path:
     """Write `agent` to `directory/state.eqx` and `directory/meta.json` (with `meta` and the step),
     atomically, the state first. Returns the directory."""
     directory = pathlib.Path(directory)
@@ -217,7 +222,7 @@ def read_checkpoint_meta(
 
 def load_agent_checkpoint(
     directory: str | os.PathLike,
-    like: AbstractFlowAgent,
+    like: Agent,
     meta: dict | None = None,
     keys: tuple[str, ...] = CHECKED_KEYS,
 ):
@@ -397,7 +402,7 @@ def ogbench_evaluator(env_name: str, config: TrainConfig, **env_kwargs) -> Evalu
 
 @dataclasses.dataclass
 class TrainResult:
-    agent: AbstractFlowAgent
+    agent: Agent
     rows: list[dict]
     run_dir: pathlib.Path | None
     buffer: ReplayBuffer | None = None  # the online phase's replay buffer (offline data + online transitions)
@@ -466,7 +471,7 @@ def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
 
 
 def train_offline(
-    agent: AbstractFlowAgent,
+    agent: Agent,
     data: Transitions,
     config: TrainConfig,
     *,
@@ -534,7 +539,7 @@ def train_offline(
         if step == 0 and config.eval_at_start and config.eval_every:
             run_eval(agent, 0)
         while step < config.steps:
-            n = config.steps_per_dispatch
+            n = min(config.steps_per_dispatch, config.steps - step)  # a run resumed with another block size
             new, metrics, what = finish_block(lambda: fused_updates(agent, data, seed, n, config.batch_size), step, n)
             if what is not None:
                 checkpoint(agent)
