@@ -50,7 +50,7 @@ def reward_grad(x):
 def library_step(field, base, x0, key, obs):
     ts = fs.uniform_grid(K)
     xs = fs.sample_sde(field, x0, ts, key, args=obs, final_field=base)
-    adj = fs.lean_adjoint(base, xs, ts, -reward_grad(xs[-1]), args=obs)
+    adj = fs.lean_adjoint(base, xs, ts, -reward_grad(xs[-1]), args=obs, base_time="grid", final_ode_step=False)
 
     def loss_fn(f):
         loss, kl = fs.adjoint_matching_loss(f, base, xs, ts, adj, lam=LAM, args=obs, with_kl=True)

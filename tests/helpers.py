@@ -76,15 +76,24 @@ def reference_sde(field, base, x0, ts, normals, s, args=None, final_ode_step=Tru
 
 
 def reference_lean_adjoint(base, xs, ts, terminal, s, args=None):
-    """a_i = a_{i+1} + h_i (d/dx [2 v_base(t_i, x) - x/(t_i+s)] at x_i)^T a_{i+1}, as a reverse scan."""
+    """The default discrete lean adjoint as a reverse scan: a_i = a_{i+1} + h_i J_i^T a_{i+1} with
+    J_i = d/dx [2 v_base(m_i, x) - x/(t_i+s)] at x_i, m_i = (t_i + t_{i+1})/2, and on the last cell (the
+    sampler's noiseless ODE step) J = d/dx v_base(m_i, x)."""
+    last = jnp.arange(ts.shape[0] - 1) == ts.shape[0] - 2
 
     def step(a, inp):
-        t, t_next, x = inp
-        _, vjp = jax.vjp(lambda y: 2 * base(t, y, args) - y / (t + s), x)
+        t, t_next, x, is_last = inp
+        mid = (t + t_next) / 2
+
+        def drift(y):
+            v = base(mid, y, args)
+            return jnp.where(is_last, v, 2 * v - y / (t + s))
+
+        _, vjp = jax.vjp(drift, x)
         a_new = a + (t_next - t) * vjp(a)[0]
         return a_new, a_new
 
-    _, adj = jax.lax.scan(step, terminal, (ts[:-1], ts[1:], xs[:-1]), reverse=True)
+    _, adj = jax.lax.scan(step, terminal, (ts[:-1], ts[1:], xs[:-1], last), reverse=True)
     return jnp.concatenate([adj, terminal[None]])
 
 

@@ -38,10 +38,18 @@ def path_kl(
     \big\lVert v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i) \big\rVert^2, \qquad h_i = t_{i+1} - t_i.$$
 
     λ cancels: $\frac{1}{2\lambda}\lVert u\rVert^2 = 2\lVert\Delta v\rVert^2/g^2$. For Euler–Maruyama
-    chains this is exact, not an approximation: both chains' transitions are Gaussian with the
-    same covariance $h_i g_i^2 I$, and the sum is the chain rule of their KLs; its mean over paths
-    of the fine-tuned chain is the chains' KL. (With the reference codes' noiseless last step
-    the last term is what that step would cost if it were noisy, as in TRQAM's estimator.)
+    steps this is exact, not an approximation: both chains' transitions are Gaussian with the same
+    covariance $h_i g_i^2 I$, the KL of step $i$ given $x_i$ is its term, and the chain rule sums
+    them; over paths of the fine-tuned chain the mean of the sum is the chains' KL.
+
+    With a noiseless last step (as [`flowsoc.sample_sde`][] takes it by default), the last term,
+    $i = n-2$, is not the KL of that step. With `final_field=base` (the reference codes) both chains
+    take the same deterministic base step, which adds nothing to their KL: the chains' KL is the sum
+    over $i \le n-3$. (Were the fine-tuned field's own noiseless step compared with the base's, the
+    two path laws would be mutually singular and their KL infinite.) The term is what that step
+    would cost as an Euler–Maruyama step with noise $g_s(t_{n-2})$, as in TRQAM's estimator: it
+    charges the fine-tuned field at $t_{n-2}$, where adjoint matching trains it and the policy's
+    ODE uses it.
 
     **Arguments:**
 

@@ -19,6 +19,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Real
 
 
 _M = TypeVar("_M")
+LAYER_NORM_EPS = 1e-6  # Flax's `nn.LayerNorm` default, which the reference QAM/TRQAM networks use
 
 
 def _gelu(x: Array) -> Array:
@@ -48,9 +49,9 @@ class MLP(eqx.Module):
     r"""A multilayer perceptron: each hidden layer computes $h \mapsto \mathrm{LN}(\mathrm{gelu}(W h + b))$
     (LayerNorm only with `layer_norm=True`), then a final linear layer $W_L h + b_L$.
 
-    GELU is the tanh approximation; LayerNorm has a learned scale and offset and Equinox's default
-    eps (1e-5). Kernels are Glorot-uniform, $\mathcal U(\pm\sqrt{6/(n_{\rm in}+n_{\rm out})})$ for a layer
-    of input width $n_{\rm in}$ and output width $n_{\rm out}$, and biases start at zero (the reference
+    GELU is the tanh approximation; LayerNorm has a learned scale and offset and Flax's default eps
+    (1e-6, `LAYER_NORM_EPS`, as the reference networks). Kernels are Glorot-uniform,
+    $\mathcal U(\pm\sqrt{6/(n_{\rm in}+n_{\rm out})})$ for a layer of input width $n_{\rm in}$ and output width $n_{\rm out}$, and biases start at zero (the reference
     initialisation).
     """
 
@@ -97,7 +98,7 @@ class MLP(eqx.Module):
             tuple(
                 eqx.tree_at(
                     lambda norm: (norm.weight, norm.bias),
-                    eqx.filter_eval_shape(eqx.nn.LayerNorm, h, dtype=dtype),
+                    eqx.filter_eval_shape(eqx.nn.LayerNorm, h, eps=LAYER_NORM_EPS, dtype=dtype),
                     params,
                 )
                 for h, params in zip(hidden_sizes, norm_params)
