@@ -71,8 +71,13 @@ def test_plan_offline_to_online():
     assert paper.train_config.steps == 1_000_000 and online.steps == 500_000
     assert online.start_training == 5_000 and online.utd == 1 and online.batch_size == 256
     assert online.eval_every == 50_000 and online.eval_episodes == 50
-    assert online.sparse_rewards and online.kl_budget is None  # puzzle: sparse, as offline
+    # puzzle: dense under the TRQAM paper's protocol (its commands pass --sparse=False), as offline
+    assert not online.sparse_rewards and not paper.preset.sparse and online.kl_budget is None
     assert factory.name == "puzzle-3x3-play-singletask-task1-v0" and factory.env_kwargs == ()
+    qam, online_qam, _ = plan_online(
+        OfflineToOnlineArgs(env="puzzle-3x3-play-singletask-task1-v0", agent="qam", preset="paper", run_dir="r")
+    )
+    assert online_qam.sparse_rewards and qam.preset.sparse  # the QAM paper's runs make puzzle sparse
     small, online, _ = plan_online(OfflineToOnlineArgs(online_kl_budget=0.5, num_envs=4, env_workers=True))
     assert small.train_config.steps == 10_000 and online.steps == 10_000 and online.start_training == 1_000
     assert not online.sparse_rewards and online.kl_budget == 0.5 and online.num_envs == 4 and online.env_workers

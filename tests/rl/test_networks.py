@@ -11,7 +11,7 @@ import flowsoc as fs
 from flowsoc.rl.networks import count_params, CriticEnsemble, ema_update, MLP, VelocityField
 
 
-EPS = 1e-5  # Equinox's LayerNorm default
+EPS = 1e-6  # Flax's LayerNorm default, which the reference networks use (flowsoc.rl.networks.LAYER_NORM_EPS)
 
 
 def _np_gelu(x):

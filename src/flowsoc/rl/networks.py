@@ -51,8 +51,8 @@ class MLP(eqx.Module):
 
     GELU is the tanh approximation; LayerNorm has a learned scale and offset and Flax's default eps
     (1e-6, `LAYER_NORM_EPS`, as the reference networks). Kernels are Glorot-uniform,
-    $\mathcal U(\pm\sqrt{6/(n_{\rm in}+n_{\rm out})})$ for a layer of input width $n_{\rm in}$ and output width $n_{\rm out}$, and biases start at zero (the reference
-    initialisation).
+    $\mathcal U(\pm\sqrt{6/(n_{\rm in}+n_{\rm out})})$ for a layer of input width $n_{\rm in}$ and output
+    width $n_{\rm out}$, and biases start at zero (the reference initialisation).
     """
 
     layers: tuple[eqx.nn.Linear, ...]
