@@ -1,6 +1,6 @@
 """TRQAM update steps per second, at the paper size and the `small` size (fused and unfused).
 
-Paper size (spec.md §6, performance.md): batch 256, observation 40, action 5 in chunks of 5 (a
+Paper size (the official TRQAM defaults): batch 256, observation 40, action 5 in chunks of 5 (a
 25-dim flow), 4x512 GELU flows, a 10-member 4x512 LayerNorm critic, 10 flow steps. Batches are
 sampled on the device from a synthetic offline table inside the fused `lax.scan` of
 `flowsoc.rl.train.fused_updates`, as in training; `small-1/dispatch` runs the small update one step
@@ -17,7 +17,7 @@ it is comparable between rows, not a total.
     python benchmarks/update_step.py            # both sizes
     python benchmarks/update_step.py --quick    # fewer steps
 
-Reference point (performance.md, same machine kind): the official TRQAM code at the paper size
+Reference point (the official TRQAM code measured beside flowsoc on this machine kind): at the paper size
 takes 0.75-0.84 s per update (about 1.2 steps/s) and 61.5 GFLOP per update, and compiles twice
 (31-36 s before steady speed).
 """
@@ -129,7 +129,7 @@ def main():
         )
     print("(XLA GFLOP: the cost analysis, which counts each while-loop body once; compare rows, not totals)")
     print(f"peak host memory: {peak_mb:.0f} MB")
-    print("reference (official TRQAM, performance.md): paper size 0.75-0.84 s/step, 61.5 GFLOP/update")
+    print("reference (official TRQAM, measured beside flowsoc on this machine kind): paper size 0.75-0.84 s/step, 61.5 GFLOP/update")
     record = {
         "benchmark": "update_step",
         "command": "python benchmarks/update_step.py" + (" --quick" if opts.quick else ""),

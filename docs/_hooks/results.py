@@ -2,7 +2,7 @@
 
 Placeholders in results.md (an HTML comment on a line of its own):
 
-- `<!-- results:paper -->`: the paper's offline success rates (spec.md §7) next to flowsoc's
+- `<!-- results:paper -->`: the paper's offline success rates (the TRQAM paper's table) next to flowsoc's
   measured ones, taken from any results file whose rows carry an OGBench `env`, an `agent` and a
   success rate (`success`, `success_rate` or `final_success` as a fraction in [0, 1], or
   `success_pct` in percent). Rows of one task (e.g. one per seed) are averaged first, then tasks.
@@ -31,7 +31,7 @@ PAPER_PLACEHOLDER = "<!-- results:paper -->"
 BENCHMARKS_PLACEHOLDER = "<!-- results:benchmarks -->"
 
 # Offline OGBench success rates (%), 50 tasks (5 per domain), 1M steps, 8 seeds: the TRQAM paper
-# (spec.md §7; per-domain QAM and QAM-E rows from the same table, references/trqam.md §4.1).
+# (the TRQAM paper's offline table, as its authors' blog prints it; QAM and QAM-E rows from the same table).
 PAPER_DOMAINS = (
     "antmaze-large",
     "antmaze-giant",

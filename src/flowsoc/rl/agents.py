@@ -1,6 +1,6 @@
 r"""Flow actor-critic agents on the SOC core: QAM, TRQAM and the BAM ablation.
 
-One update skeleton (spec.md §6; the official TRQAM/QAM codes):
+One update skeleton (the official TRQAM/QAM codes):
 
 - a behaviour flow $f_\beta$ trained by flow matching on the data's action chunks, whose EMA
   $\bar f_\beta$ is the base of the SOC problem;

@@ -13,7 +13,7 @@ SMALL_NETWORKS = dict(actor_hidden=(128, 128), critic_hidden=(128, 128), num_cri
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     """Hyperparameters shared by [`flowsoc.rl.QAM`][], [`flowsoc.rl.TRQAM`][] and [`flowsoc.rl.BAM`][].
-    Defaults are the official TRQAM/QAM codes' (spec.md §6); `small()` is a CPU-sized preset.
+    Defaults are the official TRQAM/QAM codes'; `small()` is a CPU-sized preset.
     """
 
     horizon: int = 5

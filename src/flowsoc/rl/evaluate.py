@@ -1,5 +1,5 @@
 """Evaluation of a flow agent in an OGBench environment: the ODE policy, action chunks
-executed open loop, success rate over episodes (spec.md §6)."""
+executed open loop, success rate over episodes (as the official QAM/TRQAM evaluation)."""
 
 import dataclasses
 from collections.abc import Callable, Sequence

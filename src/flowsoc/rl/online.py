@@ -1,5 +1,5 @@
 """The online phase of offline-to-online RL: the agent keeps training while it acts in the
-environment (spec.md §6; the official QAM/TRQAM `main.py`).
+environment (the official QAM/TRQAM `main.py`).
 
 - **Acting**: chunks from the fine-tuned flow's ODE (fresh noise, no other exploration), executed
   open loop; a chunk is cut short when its episode ends.
