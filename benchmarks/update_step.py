@@ -129,7 +129,10 @@ def main():
         )
     print("(XLA GFLOP: the cost analysis, which counts each while-loop body once; compare rows, not totals)")
     print(f"peak host memory: {peak_mb:.0f} MB")
-    print("reference (official TRQAM, measured beside flowsoc on this machine kind): paper size 0.75-0.84 s/step, 61.5 GFLOP/update")
+    print(
+        "reference (official TRQAM, measured beside flowsoc on this machine kind): "
+        "paper size 0.75-0.84 s/step, 61.5 GFLOP/update"
+    )
     record = {
         "benchmark": "update_step",
         "command": "python benchmarks/update_step.py" + (" --quick" if opts.quick else ""),
