@@ -295,7 +295,7 @@ def provenance(started: float) -> dict:
 
 
 def _bc_info(p: Plan) -> dict:
-    return {} if p.pretrain is None else {"pretrain_steps": p.pretrain.steps, "bc_checkpoint": str(p.bc_dir)}
+    return {} if p.pretrain is None else {"pretrain": f"BC pre-training {p.pretrain.steps} steps"}
 
 
 def _eval_env_kwargs(args: OfflineArgs) -> dict:
@@ -340,6 +340,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         "final_lam": result.train[-1]["lam"] if result.train else None,
         "agent_config": dataclasses.asdict(p.agent_config),
         "train_config": dataclasses.asdict(p.train_config),
+        "bc_checkpoint": None if p.bc_dir is None else str(p.bc_dir),
         "provenance": provenance(started),
     }
     (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
