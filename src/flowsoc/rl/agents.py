@@ -37,7 +37,7 @@ from .._trust_region import DualState
 from .config import AgentConfig
 from .data import ChunkBatch
 from .networks import CriticEnsemble, ema_update, VelocityField
-from .pretrain import behaviour_flow_loss
+from .pretrain import behaviour_flow_loss, clipped_adam
 
 
 def _frozen(module):
@@ -65,8 +65,7 @@ def _describe(flow: VelocityField) -> str:
 
 
 def _optimizer(config: AgentConfig) -> optax.GradientTransformation:
-    adam = optax.adam(config.learning_rate)
-    return adam if config.grad_clip is None else optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+    return clipped_adam(config.learning_rate, config.grad_clip)
 
 
 class Trainables(eqx.Module):

@@ -82,9 +82,14 @@ class BCConfig:
         return 1.0
 
 
+def clipped_adam(learning_rate: float, grad_clip: float | None) -> optax.GradientTransformation:
+    """Adam after a global-norm clip of the gradients (no clip for `grad_clip=None`): the agents' optimiser."""
+    adam = optax.adam(learning_rate)
+    return adam if grad_clip is None else optax.chain(optax.clip_by_global_norm(grad_clip), adam)
+
+
 def _optimizer(config: BCConfig) -> optax.GradientTransformation:
-    adam = optax.adam(config.learning_rate)
-    return adam if config.grad_clip is None else optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+    return clipped_adam(config.learning_rate, config.grad_clip)
 
 
 class BCPretrainer(eqx.Module):
@@ -212,6 +217,7 @@ __all__ = [
     "BCPretrainer",
     "behaviour_flow_loss",
     "bc_checkpoint_name",
+    "clipped_adam",
     "dataset_fingerprint",
     "pretrain_behaviour",
 ]
