@@ -23,10 +23,9 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Real
 
-from ._paths import _is_concrete, check_finite, check_grid, check_path_shapes, resolve_shift, VelocityField
+from ._paths import check_finite, check_grid, check_path_shapes, default_final_ode_step, resolve_shift, VelocityField
 
 
 class LeanAdjointField(eqx.Module):
@@ -136,10 +135,9 @@ def lean_adjoint(
         raise ValueError(f"{name}: `terminal` has shape {terminal.shape}, expected one state's shape {xs.shape[1:]}.")
     xs = check_finite(jax.lax.stop_gradient(xs), "the states `xs`", name)
     terminal = check_finite(terminal, "`terminal`", name)
-    concrete_zero = shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0
-    shift = resolve_shift(ts, shift, name)
     if final_ode_step is None:
-        final_ode_step = not concrete_zero
+        final_ode_step = default_final_ode_step(shift)
+    shift = resolve_shift(ts, shift, name)
     solver = dfx.Euler() if solver is None else solver
     if interpolation is None:
         interpolation = "frozen" if isinstance(solver, dfx.Euler) else "linear"

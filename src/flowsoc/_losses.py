@@ -7,16 +7,15 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
 from ._kl import path_kl, velocity_gaps
 from ._paths import (
-    _is_concrete,
     check_finite,
     check_grid,
     check_lam,
     check_path_shapes,
+    default_final_ode_step,
     interpolate,
     resolve_shift,
     shifted_sigma,
@@ -157,7 +156,7 @@ def soc_objective(
     lam = check_lam(lam, name)
     ts = check_grid(ts, name)
     if final_ode_step is None:
-        final_ode_step = not (shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0)
+        final_ode_step = default_final_ode_step(shift)
     shift = resolve_shift(ts, shift, name)
     base_arrays, base_static = eqx.partition(base, eqx.is_array)
     base = eqx.combine(jax.lax.stop_gradient(base_arrays), base_static)

@@ -108,6 +108,12 @@ def check_grid(ts: Array, name: str) -> Array:
     return eqx.error_if(ts, bad, f"{name}: the time grid `ts` must be strictly increasing within [0, 1].")
 
 
+def default_final_ode_step(shift) -> bool:
+    """The samplers' default for a noiseless last step: on, unless `shift` is a concrete 0 (the exact SDE,
+    whose last step is noisy). Call it with the shift as given, before `resolve_shift`."""
+    return not (shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0)
+
+
 def resolve_shift(ts: Array, shift, name: str):
     """`shift=None` means the reference default, the first grid step. Validates `shift >= 0`
     and that a grid starting at t=0 has a positive shift (the schedule is singular there)."""

@@ -15,14 +15,13 @@ import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
-import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Real
 
 from ._brownian import GridBrownianPath
 from ._paths import (
-    _is_concrete,
     check_finite,
     check_grid,
+    default_final_ode_step,
     resolve_shift,
     shifted_sigma,
     VelocityField,
@@ -181,10 +180,9 @@ def sample_sde(
     name = "sample_sde"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
-    concrete_zero = shift is not None and _is_concrete(shift) and float(np.asarray(shift)) == 0.0
-    shift = resolve_shift(ts, shift, name)
     if final_ode_step is None:
-        final_ode_step = not concrete_zero
+        final_ode_step = default_final_ode_step(shift)
+    shift = resolve_shift(ts, shift, name)
     solver = dfx.Euler() if solver is None else solver
     ts_sde = ts[:-1] if final_ode_step else ts
     if ts_sde.shape[0] >= 2:

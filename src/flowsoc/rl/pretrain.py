@@ -29,8 +29,6 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._checkpoint import CheckpointError
 from .._losses import flow_matching_loss
-from .._paths import uniform_grid
-from .._sde import sample_ode
 from .config import AgentConfig
 from .data import ChunkBatch, Transitions
 from .networks import VelocityField
@@ -130,18 +128,6 @@ class BCPretrainer(eqx.Module):
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         new = eqx.tree_at(lambda a: (a.flow, a.opt_state, a.key, a.step), self, (flow, opt_state, key, self.step + 1))
         return new, metrics
-
-    def sample_actions(
-        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "behaviour", flow_steps: int = 10
-    ) -> Float[Array, "*batch horizon action"]:
-        """Action chunks from the flow's Euler ODE (`flow_steps` steps), clipped to [-1, 1] (to evaluate the BC
-        flow)."""
-        single = observations.ndim == 1
-        obs = observations[None] if single else observations
-        noise = jr.normal(key, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
-        x1 = jnp.clip(sample_ode(self.flow, noise, uniform_grid(flow_steps), args=obs), -1.0, 1.0)
-        actions = x1.reshape(obs.shape[:-1] + (self.config.horizon, self.action_dim))
-        return actions[0] if single else actions
 
 
 def dataset_fingerprint(data: Transitions) -> dict:
