@@ -22,7 +22,7 @@ def test_velocity_is_conditional_expectation(getkey):
     probe = jnp.array([[0.3, -0.2], [1.0, 0.5]])
     fitted = jnp.concatenate([probe, jnp.ones((2, 1))], axis=1) @ coef
     assert jnp.allclose(fitted, G.GaussianVelocity(MU, COV)(t, probe), atol=0.02)
-    assert jnp.allclose(G.GaussianVelocity(MU, COV)(0.0, probe), MU - probe)
+    assert jnp.allclose(G.GaussianVelocity(MU, COV)(0.0, probe), MU[None, :] - probe)
     assert jnp.allclose(G.GaussianVelocity(MU, COV)(1.0, probe), probe)
 
 
@@ -68,10 +68,10 @@ def test_quadratic_tilt_by_importance_weights(getkey):
     c = jnp.array([1.0, 0.0])
     lam = 0.8
     x = G.flow_map(MU, COV, 1.0, jr.normal(getkey(), (400000, 2)))
-    r = -0.5 * jnp.einsum("ni,ij,nj->n", x - c, a, x - c)
+    r = -0.5 * jnp.einsum("ni,ij,nj->n", x - c[None, :], a, x - c[None, :])
     w = jax.nn.softmax(r / lam)
     mean = w @ x
-    cov = (x - mean).T @ ((x - mean) * w[:, None])
+    cov = (x - mean[None, :]).T @ ((x - mean[None, :]) * w[:, None])
     new_mean, new_cov = G.tilt_quadratic(MU, COV, a, c, lam)
     assert jnp.allclose(mean, new_mean, atol=0.01) and jnp.allclose(cov, new_cov, atol=0.01)
     assert jnp.allclose(fs.optimal_kl(r, lam), G.kl_quadratic(MU, COV, a, c, lam), rtol=0.03)

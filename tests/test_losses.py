@@ -57,7 +57,7 @@ def test_residual_is_pointwise_zero_in_continuous_time():
         x = jr.normal(jr.key(int(100 * t)), (5, 2))
         gap = G.optimal_velocity_linear(MU, COV, B, lam, t, x) - BASE(t, x)
         sigma = fs.memoryless_sigma(t) / jnp.sqrt(lam)
-        residual = 2 / sigma * gap + sigma * G.lean_adjoint_linear(COV, B, t)
+        residual = 2 / sigma * gap + sigma * G.lean_adjoint_linear(COV, B, t)[None, :]
         assert jnp.max(jnp.abs(residual)) < 1e-12
 
 

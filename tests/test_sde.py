@@ -76,7 +76,7 @@ def test_sde_reference_scheme_is_memoryless(getkey):
     n = 20000
     x0 = jr.normal(getkey(), (n, 2))
     xs = fs.sample_sde(BASE, x0, fs.uniform_grid(400), getkey())
-    cross = (x0 - x0.mean(0)).T @ (xs[-1] - xs[-1].mean(0)) / n
+    cross = (x0 - x0.mean(0, keepdims=True)).T @ (xs[-1] - xs[-1].mean(0, keepdims=True)) / n
     assert jnp.max(jnp.abs(cross)) < 0.03
     mean, cov = moments(xs[-1])
     assert jnp.allclose(mean, MU, atol=0.03) and jnp.allclose(cov, COV, atol=0.05)

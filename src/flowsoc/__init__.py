@@ -10,14 +10,34 @@ import importlib.metadata
 from . import gaussian as gaussian
 from ._adjoint import lean_adjoint as lean_adjoint, LeanAdjointField as LeanAdjointField
 from ._brownian import GridBrownianPath as GridBrownianPath
-from ._finetune import (
+from ._checkpoint import (
     CheckpointError as CheckpointError,
+    latest_checkpoint as latest_checkpoint,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
+from ._driver import (
+    AbstractProgressMeter as AbstractProgressMeter,
+    AbstractTrainer as AbstractTrainer,
+    Block as Block,
+    drive as drive,
+    NoProgressMeter as NoProgressMeter,
+    NonFiniteError as NonFiniteError,
+    Saved as Saved,
+    TextProgressMeter as TextProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
+)
+from ._finetune import (
     finetune as finetune,
     FinetuneConfig as FinetuneConfig,
     Finetuner as Finetuner,
     FinetuneState as FinetuneState,
-    load_checkpoint as load_checkpoint,
-    save_checkpoint as save_checkpoint,
+)
+from ._logging import (
+    AbstractLogger as AbstractLogger,
+    MetricsLog as MetricsLog,
+    TensorBoardLogger as TensorBoardLogger,
+    WandbLogger as WandbLogger,
 )
 from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
 from ._losses import (

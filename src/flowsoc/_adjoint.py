@@ -68,18 +68,19 @@ class LeanAdjointField(eqx.Module):
             }[self.base_time]
         else:
             i = jnp.clip(jnp.searchsorted(self.ts, t, side="right") - 1, 0, n - 2)
-            w = (t - self.ts[i]) / (self.ts[i + 1] - self.ts[i])
+            w = ((t - self.ts[i]) / (self.ts[i + 1] - self.ts[i])).astype(self.xs.dtype)
             x, t_eval = (1 - w) * self.xs[i] + w * self.xs[i + 1], t
             t_net = t
 
         def drift(y):
-            v = self.base(t_net, y, args)
-            b = 2 * v - y / (t_eval + self.shift)
+            # In the state's dtype: the time grid may be wider (float64 times, float32 states).
+            v = jnp.asarray(self.base(t_net, y, args)).astype(y.dtype)
+            b = 2 * v - y / jnp.asarray(t_eval + self.shift).astype(y.dtype)
             return jnp.where(i == n - 2, v, b) if self.final_ode_step else b
 
         _, vjp = jax.vjp(drift, x)
-        (jac_t_a,) = vjp(a)
-        return -jac_t_a
+        (jac_t_a,) = vjp(a.astype(x.dtype))
+        return (-jac_t_a).astype(a.dtype)
 
 
 def lean_adjoint(

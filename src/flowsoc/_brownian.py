@@ -72,7 +72,7 @@ class GridBrownianPath(dfx.AbstractBrownianPath):
         scale = 10 * jnp.finfo(self.ts.dtype).eps * jnp.maximum(1.0, jnp.abs(hi))
         off_grid = (jnp.abs(t0 - lo) > scale) | (jnp.abs(t1 - hi) > scale)
         dt = hi - lo
-        w = self.normals[index] * jnp.sqrt(dt)
+        w = self.normals[index] * jnp.sqrt(dt).astype(self.normals.dtype)
         w = eqx.error_if(
             w,
             off_grid,
@@ -83,6 +83,6 @@ class GridBrownianPath(dfx.AbstractBrownianPath):
             return w
         if self.levy_area is dfx.SpaceTimeLevyArea:
             assert self.levy_normals is not None
-            h = self.levy_normals[index] * jnp.sqrt(dt) / math.sqrt(12)
+            h = self.levy_normals[index] * (jnp.sqrt(dt) / math.sqrt(12)).astype(self.levy_normals.dtype)
             return dfx.SpaceTimeLevyArea(dt=dt, W=w, H=h)
         return dfx.BrownianIncrement(dt=dt, W=w)

@@ -8,11 +8,8 @@ with the pre-update field. Many steps are fused per dispatch with `lax.scan`.
 """
 
 import dataclasses
-import json
 import os
-import pathlib
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -24,6 +21,8 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ._adjoint import lean_adjoint
+from ._driver import AbstractProgressMeter, AbstractTrainer, Block, drive, Saved
+from ._logging import AbstractLogger
 from ._losses import adjoint_matching_loss
 from ._paths import uniform_grid, VelocityField
 from ._sde import sample_sde
@@ -237,91 +236,49 @@ class Finetuner(eqx.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# Checkpoints: the whole state, the metrics so far and the configuration, written atomically.
+# The host loop: `flowsoc.drive` with this trainer.
+
+_NOT_CHECKED = ("num_steps", "checkpoint_every", "steps_per_dispatch")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, corrupt, or from another configuration."""
+class _FinetuneTrainer(AbstractTrainer):
+    identity_keys = ("finetune_config",)
+    desc = "finetune"
 
+    def __init__(self, finetuner: Finetuner, args: Any):
+        self.run = eqx.filter_jit(finetuner.run, donate="none")
+        self.args = args
+        config = dataclasses.asdict(finetuner.config)
+        self.meta = {"finetune_config": {k: v for k, v in config.items() if k not in _NOT_CHECKED}}
 
-def _atomic_write(path: pathlib.Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    def position(self, state):
+        return int(state.step)
 
+    def block(self, state, n):
+        step0 = int(state.step)
+        new, metrics = self.run(state, n, self.args)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        if not metrics["finite"].all():
+            bad = step0 + int(np.argmin(metrics["finite"]))
+            return Block(state, [], f"loss, samples or reward at step {bad}")
+        names = [k for k in metrics if k != "finite"]
+        rows = [{"kind": "train", "step": step0 + i + 1, **{k: float(metrics[k][i]) for k in names}} for i in range(n)]
+        return Block(new, rows)
 
-def _raw_key(state: FinetuneState) -> FinetuneState:
-    """Typed PRNG keys do not serialise; store their raw data."""
-    return eqx.tree_at(lambda s: s.key, state, jr.key_data(state.key))
+    def identity(self):
+        return self.meta
 
+    def save(self, state):
+        return Saved(state, {})
 
-def save_checkpoint(directory: str | os.PathLike, state: FinetuneState, history: dict, config: FinetuneConfig) -> None:
-    """Write `state.eqx`, `history.npz` and `meta.json` into `directory`, each atomically
-    (`meta.json` last: it names the step the other two files hold)."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    step = int(state.step)
+    def restore(self, tree, meta, folder, state):
+        return tree
 
-    def write_state(tmp):
-        with open(tmp, "wb") as f:
-            eqx.tree_serialise_leaves(f, _raw_key(eqx.filter(state, eqx.is_array)))
+    def step_of(self, state):
+        return state.step
 
-    def write_history(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in history.items()})
-
-    def write_meta(tmp):
-        pathlib.Path(tmp).write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
-
-    _atomic_write(directory / "state.eqx", write_state)
-    _atomic_write(directory / "history.npz", write_history)
-    _atomic_write(directory / "meta.json", write_meta)
-
-
-def load_checkpoint(
-    directory: str | os.PathLike, like: FinetuneState, config: FinetuneConfig
-) -> tuple[FinetuneState, dict]:
-    """Restore a state (shaped like `like`) and its metrics history from `directory`."""
-    directory = pathlib.Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise CheckpointError(f"No checkpoint in {directory} (missing meta.json). Start without resume.")
-    try:
-        meta = json.loads(meta_path.read_text())
-        step = int(meta["step"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"Checkpoint {meta_path} is corrupt ({err}); delete the directory or restore a backup.")
-    saved = meta.get("config", {})
-    mine = dataclasses.asdict(config)
-    ignore = {"num_steps", "checkpoint_every", "steps_per_dispatch"}
-    differing = sorted(k for k in mine if k not in ignore and saved.get(k, mine[k]) != mine[k])
-    if differing:
-        raise CheckpointError(
-            f"Checkpoint in {directory} was written with a different configuration ({', '.join(differing)}); "
-            "resume with the same settings or start a new run directory."
-        )
-    try:
-        with open(directory / "state.eqx", "rb") as f:
-            dynamic = eqx.tree_deserialise_leaves(f, _raw_key(eqx.filter(like, eqx.is_array)))
-        dynamic = eqx.tree_at(lambda s: s.key, dynamic, jr.wrap_key_data(dynamic.key, impl=jr.key_impl(like.key)))
-        with np.load(directory / "history.npz") as data:
-            history = {k: data[k] for k in data.files}
-    except Exception as err:  # truncated files, wrong shapes, bad pickles...
-        raise CheckpointError(
-            f"Checkpoint in {directory} cannot be read ({type(err).__name__}: {err}); it is corrupt or from "
-            "another model. Delete it or start a new run directory."
-        ) from err
-    state = eqx.combine(dynamic, eqx.filter(like, eqx.is_array, inverse=True))
-    if int(state.step) != step:
-        raise CheckpointError(
-            f"Checkpoint in {directory} is inconsistent: meta.json says step {step}, state.eqx {int(state.step)}."
-        )
-    return state, {k: v[:step] for k, v in history.items()}
+    def postfix(self, row, last_eval):
+        return {k: f"{row[k]:.3g}" for k in ("loss", "kl", "lam", "reward") if k in row}
 
 
 def finetune(
@@ -334,7 +291,8 @@ def finetune(
     args: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | AbstractProgressMeter = True,
+    loggers: Sequence[AbstractLogger] = (),
 ) -> tuple[VelocityField, dict[str, np.ndarray], FinetuneState]:
     r"""Fine-tune a copy of `base` towards `reward` by adjoint matching, at a fixed λ
     (target $p_{\rm base}\,e^{r/\lambda}$) or under a path-KL budget (trust region).
@@ -347,9 +305,12 @@ def finetune(
     - `config`: a [`flowsoc.FinetuneConfig`][].
     - `field`: the initial fine-tuned field (default: `base`).
     - `args`: conditioning passed to both fields and the reward (shared by the batch).
-    - `checkpoint_dir`: where to write checkpoints every `config.checkpoint_every` steps and at the end.
+    - `checkpoint_dir`: the run directory: per-step metrics in `metrics.jsonl` and `train.csv`, checkpoints
+      in `checkpoint/` every `config.checkpoint_every` steps and at the end (a directory already holding a
+      run is refused unless `resume`).
     - `resume`: continue from the checkpoint in `checkpoint_dir`, exactly where it stopped.
-    - `progress`: show a progress bar with the live loss, KL, λ and reward.
+    - `progress`: show a progress bar with the live loss, KL, λ and reward (or pass a progress meter).
+    - `loggers`: extra metric backends (e.g. [`flowsoc.TensorBoardLogger`][]).
 
     **Returns:**
 
@@ -358,56 +319,27 @@ def finetune(
 
     **Raises:**
 
-    `FloatingPointError` when a step's loss, samples or reward are not finite (naming the step and
-    the last good checkpoint); [`flowsoc.CheckpointError`][] for an unusable checkpoint.
+    [`flowsoc.NonFiniteError`][] (a `FloatingPointError`) when a step's loss, samples or reward are not
+    finite (naming the step and the last good checkpoint); [`flowsoc.CheckpointError`][] for an unusable
+    checkpoint.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(config, FinetuneConfig):
         raise TypeError(f"finetune: config must be a FinetuneConfig, got {type(config).__name__}.")
     sample_shape = tuple(int(s) for s in sample_shape)
-    trainer = Finetuner(base, reward, sample_shape, config)
-    state = trainer.init(field)
-    history: dict[str, list | np.ndarray] = {}
-    if resume:
-        if checkpoint_dir is None:
-            raise ValueError("finetune: resume=True needs a checkpoint_dir.")
-        state, history = load_checkpoint(checkpoint_dir, state, config)
-    history = {k: [np.asarray(v)] for k, v in history.items()}
-    run = eqx.filter_jit(trainer.run, donate="none")
-    start = int(state.step)
-    last_checkpoint = str(checkpoint_dir) if (resume and checkpoint_dir is not None) else None
-    since_checkpoint = 0
-    bar = tqdm(total=config.num_steps, initial=start, disable=not progress, desc="finetune", unit="step")
-    while int(state.step) < config.num_steps:
-        step0 = int(state.step)
-        n = min(config.steps_per_dispatch, config.num_steps - step0)
-        state, metrics = run(state, n, args)
-        metrics = {k: np.asarray(v) for k, v in metrics.items()}
-        if not metrics["finite"].all():
-            bad = step0 + int(np.argmin(metrics["finite"]))
-            raise FloatingPointError(
-                f"finetune: non-finite loss, samples or reward at step {bad}; the run stopped there. Last good "
-                f"checkpoint: {last_checkpoint or 'none written'}. Lower the learning rate, check the reward, "
-                "or resume from the checkpoint."
-            )
-        for k, v in metrics.items():
-            if k != "finite":
-                history.setdefault(k, []).append(v)
-        bar.update(n)
-        bar.set_postfix(
-            loss=f"{metrics['loss'][-1]:.3g}",
-            kl=f"{metrics['kl'][-1]:.3g}",
-            lam=f"{metrics['lam'][-1]:.3g}",
-            reward=f"{metrics['reward'][-1]:.3g}",
-        )
-        since_checkpoint += n
-        done = int(state.step) >= config.num_steps
-        if checkpoint_dir is not None and (since_checkpoint >= config.checkpoint_every or done):
-            merged = {k: np.concatenate(v) for k, v in history.items()}
-            save_checkpoint(checkpoint_dir, state, merged, config)
-            last_checkpoint = str(checkpoint_dir)
-            since_checkpoint = 0
-    bar.close()
-    merged = {k: np.concatenate(v) for k, v in history.items()}
-    return state.field, merged, state
+    finetuner = Finetuner(base, reward, sample_shape, config)
+    state = finetuner.init(field)
+    result = drive(
+        _FinetuneTrainer(finetuner, args),
+        state,
+        total=config.num_steps,
+        block_size=config.steps_per_dispatch,
+        run_dir=checkpoint_dir,
+        resume=resume,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+        loggers=loggers,
+    )
+    rows = [r for r in result.rows if r["kind"] == "train"]
+    names = [k for k in (rows[0] if rows else {}) if k not in ("kind", "step")]
+    history = {k: np.asarray([r[k] for r in rows]) for k in names}
+    return result.state.field, history, result.state

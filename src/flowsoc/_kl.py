@@ -7,7 +7,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Real
 
-from ._paths import check_finite, check_grid, check_lam, check_path_shapes, resolve_shift, shifted_sigma, VelocityField
+from ._paths import (
+    check_finite,
+    check_grid,
+    check_lam,
+    check_path_shapes,
+    resolve_shift,
+    result_dtype,
+    shifted_sigma,
+    VelocityField,
+)
 
 
 def velocity_gaps(
@@ -75,7 +84,8 @@ def path_kl(
     h = jnp.diff(ts)
     weights = 2 * h / shifted_sigma(ts[:-1], shift) ** 2
     per_step = jnp.sum(gaps.reshape(gaps.shape[0], -1) ** 2, axis=1)
-    return jnp.sum(weights * per_step)
+    dtype = result_dtype(weights, per_step)
+    return jnp.sum(weights.astype(dtype) * per_step.astype(dtype))
 
 
 def optimal_kl(base_rewards: Float[Array, " samples"], lam: float | Real[Array, ""]) -> Float[Array, ""]:

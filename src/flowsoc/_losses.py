@@ -18,6 +18,7 @@ from ._paths import (
     default_final_ode_step,
     interpolate,
     resolve_shift,
+    result_dtype,
     shifted_sigma,
     VelocityField,
 )
@@ -99,8 +100,9 @@ def adjoint_matching_loss(
     gaps = velocity_gaps(field, base, xs, ts, args)
     g = shifted_sigma(ts[:-1], shift)
     expand = (slice(None),) + (None,) * (xs.ndim - 1)
-    sigma = (g / jnp.sqrt(lam))[expand]
-    loss = jnp.sum(((2 / sigma) * gaps + sigma * adj) ** 2)
+    dtype = result_dtype(g, lam, gaps, adj)
+    sigma = (g.astype(dtype) / jnp.sqrt(lam.astype(dtype)))[expand]
+    loss = jnp.sum(((2 / sigma) * gaps.astype(dtype) + sigma * adj.astype(dtype)) ** 2)
     if not with_kl:
         return loss
     kl = path_kl(field, base, xs, ts, shift=shift, gaps=jax.lax.stop_gradient(gaps))
@@ -168,4 +170,7 @@ def soc_objective(
         xs_c, ts_c = xs[: charged + 1], ts[: charged + 1]
         gaps = velocity_gaps(field, base, xs_c, ts_c, args, stop_base=False)
         running = path_kl(field, base, xs_c, ts_c, shift=shift, gaps=gaps)
-    return lam * running_cost_scale * running - reward(xs[-1], args)
+    reward_value = jnp.asarray(reward(xs[-1], args))
+    cost = lam * jnp.asarray(running_cost_scale) * running
+    dtype = result_dtype(cost, reward_value)
+    return cost.astype(dtype) - reward_value.astype(dtype)

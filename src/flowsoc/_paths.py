@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real
@@ -83,6 +84,13 @@ def _is_concrete(x) -> bool:
     except Exception:  # a tracer
         return False
     return True
+
+
+def result_dtype(*values) -> Any:
+    """The dtype JAX's standard promotion gives `values`, computed explicitly (so that it can be used to
+    cast the operands of a mixed-precision expression under `jax_numpy_dtype_promotion="strict"`)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*values)
 
 
 def check_grid(ts: Array, name: str) -> Array:

@@ -35,7 +35,9 @@ class MemorylessDrift(eqx.Module):
     shift: Real[Array, ""] | float
 
     def __call__(self, t, x, args):
-        return 2 * self.field(t, x, args) - x / (t + self.shift)
+        # In the state's dtype: the time grid may be wider (float64 times, float32 states).
+        v = jnp.asarray(self.field(t, x, args)).astype(x.dtype)
+        return 2 * v - x / jnp.asarray(t + self.shift).astype(x.dtype)
 
 
 class MemorylessDiffusion(eqx.Module):
@@ -224,6 +226,7 @@ def sample_sde(
         xs = x0[None]
     if final_ode_step:
         last_field = field if final_field is None else final_field
-        x_last = xs[-1] + (ts[-1] - ts[-2]) * last_field(ts[-2], xs[-1], args)
+        h = (ts[-1] - ts[-2]).astype(xs.dtype)
+        x_last = xs[-1] + h * jnp.asarray(last_field(ts[-2], xs[-1], args)).astype(xs.dtype)
         xs = jnp.concatenate([xs, x_last[None]], axis=0)
     return xs

@@ -6,6 +6,8 @@ dual variable: the SOC objective $\mathbb E[\tfrac12\int\lVert u\rVert^2] - \mat
 λ, feedback on the measured KL finds the λ that spends the budget.
 """
 
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -110,7 +112,7 @@ class DualDescent(eqx.Module):
         gap = kl_avg - self.kl_budget
         if self.log_space:
             log_lam = jnp.log(state.lam) + self.step_size * gap / self.kl_budget
-            lam = jnp.exp(jnp.clip(log_lam, np.log(self.lam_min), np.log(self.lam_max)))
+            lam = jnp.exp(jnp.clip(log_lam, math.log(self.lam_min), math.log(self.lam_max)))
         else:
             lam = state.lam + self.step_size * gap
         lam = jnp.clip(lam, self.lam_min, self.lam_max)

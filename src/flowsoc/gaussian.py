@@ -47,8 +47,10 @@ class GaussianVelocity(eqx.Module):
             raise ValueError(f"GaussianVelocity: mean {self.mean.shape} and cov {self.cov.shape} do not fit.")
 
     def __call__(self, t, x, args=None):
+        x = jnp.asarray(x)
         m = velocity_matrix(self.cov, t)
-        return self.mean + (x - t * self.mean) @ m.T
+        mean = jnp.broadcast_to(self.mean, x.shape)
+        return mean + (x - t * mean) @ m.T
 
 
 def flow_map(
@@ -56,8 +58,9 @@ def flow_map(
 ) -> Float[Array, "*batch d"]:
     r"""The exact ODE flow map from noise: $X_t = t\mu + C_t^{1/2} X_0$ (symmetric square root)."""
     evals, evecs = jnp.linalg.eigh(marginal_cov(cov, t))
-    root = (evecs * jnp.sqrt(evals)) @ evecs.T
-    return t * jnp.asarray(mean) + jnp.asarray(x0) @ root.T
+    root = (evecs * jnp.sqrt(evals)[None, :]) @ evecs.T
+    x0 = jnp.asarray(x0)
+    return t * jnp.broadcast_to(jnp.asarray(mean), x0.shape) + x0 @ root.T
 
 
 def tilt_linear(
@@ -108,7 +111,8 @@ def optimal_velocity_linear(
     for $r = b^\top x$, equal to the flow-matching velocity of the tilted target."""
     cov = jnp.asarray(cov)
     shift = (1 - t) * jnp.linalg.solve(marginal_cov(cov, t), cov @ jnp.asarray(b)) / lam
-    return GaussianVelocity(mean, cov)(t, x) + shift
+    v = GaussianVelocity(mean, cov)(t, x)
+    return v + jnp.broadcast_to(shift, v.shape)
 
 
 def kl(

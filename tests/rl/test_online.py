@@ -236,7 +236,7 @@ def test_online_checkpoint_mismatch_is_refused(tmp_path):
     train_online(agent, offline, config, factory, run_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"num_envs \(1 saved, 2 now\)"):
         train_online(agent, offline, config.replace(num_envs=2), factory, run_dir=tmp_path, resume=True)
-    with pytest.raises(CheckpointError, match="another offline dataset"):
+    with pytest.raises(CheckpointError, match=r"different settings: offline_data\.sha256"):
         train_online(agent, bandit_offline(seed=1), config, factory, run_dir=tmp_path, resume=True)
     (latest_online_checkpoint(tmp_path) / "online_rows.npz").write_bytes(b"not an npz")
     with pytest.raises(CheckpointError, match="cannot be read"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import flowsoc.rl.train as train_module
-from flowsoc._checkpoint import CheckpointError as CoreCheckpointError
+from flowsoc._checkpoint import CheckpointError as CoreCheckpointError, latest_checkpoint
 from flowsoc.rl import AgentConfig, TRQAM
 from flowsoc.rl.data import ChunkBatch, sample_chunks, Transitions
 from flowsoc.rl.networks import VelocityField
@@ -239,7 +239,7 @@ def test_stopped_pretraining_resumes_to_the_uninterrupted_flow(data, full, tmp_p
         patch.setattr(train_module, "fused_updates", interrupted)
         with pytest.raises(KeyboardInterrupt):
             pretrain_behaviour(data, BC, PRE, directory)
-    meta = json.loads((directory / "checkpoint" / "meta.json").read_text())
+    meta = json.loads((latest_checkpoint(directory / "checkpoint") / "meta.json").read_text())
     assert meta["step"] == 20 and meta["info"]["dataset"] == dataset_fingerprint(data)
     capsys.readouterr()
     resumed = pretrain_behaviour(data, BC, PRE, directory)

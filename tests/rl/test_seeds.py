@@ -135,7 +135,7 @@ def test_train_offline_seeds_resume_and_single_seed_runs(data, tmp_path):
     assert on_disk == full.rows
     assert [(r["step"], r["seed"]) for r in full.evals] == [(s, seed) for s in (0, 3, 6) for seed in SEEDS]
     assert len(full.train) == 2 * len(SEEDS)
-    meta = json.loads((tmp_path / "full" / "checkpoint" / "meta.json").read_text())
+    meta = json.loads((tmp_path / "full" / "checkpoint" / "ckpt-0000000006" / "meta.json").read_text())
     assert meta["seeds"] == SEEDS and meta["step"] == 6
     assert (tmp_path / "full" / "learning_curve.png").stat().st_size > 0
 

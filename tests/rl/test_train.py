@@ -11,6 +11,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from flowsoc import latest_checkpoint
 from flowsoc.rl import AgentConfig, QAM, TRQAM
 from flowsoc.rl.data import sample_chunks, Transitions
 from flowsoc.rl.train import (
@@ -117,7 +118,8 @@ def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(data, tmp_path)
 def test_corrupt_or_mismatched_checkpoint_is_refused(data, tmp_path):
     agent = TRQAM.create(jr.key(4), OBS, ACT, CONFIG)
     train_offline(agent, data, TRAIN.replace(steps=6), run_dir=tmp_path / "run")
-    ckpt = tmp_path / "run" / "checkpoint"
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoint")  # the folder of the one checkpoint, ckpt-0000000006
+    assert ckpt.name == "ckpt-0000000006"
     restored, meta = load_agent_checkpoint(ckpt, agent)
     assert int(restored.step) == 6 and meta["agent"] == "TRQAM"
 

@@ -241,7 +241,9 @@ class AbstractFlowAgent(eqx.Module):
             return self.losses(eqx.combine(p, static), batch, sub)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
+        # optax's Adam computes `decay ** count` (Python float, int32 count): outside strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
         nets = eqx.apply_updates(self.nets, updates)
         rate = self.config.target_ema
         target_critic = ema_update(self.target_critic, self.nets.critic, rate)

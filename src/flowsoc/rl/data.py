@@ -44,13 +44,7 @@ from ._datagen_recipes import (
     UnknownDatasetError,
     UnsupportedDatasetError,
 )
-from .datagen import (
-    data_dir as resolve_data_dir,
-    DATA_DIR_ENV,
-    generate as _generate,
-    generate_command,
-    GenerateOptions,
-)
+from ._dataset_files import data_dir as resolve_data_dir, DATA_DIR_ENV, generate_command
 
 
 __all__ = [
@@ -157,6 +151,9 @@ def resolve_dataset(
             f"or pass generate=True, or copy the official {train.name} and {val.name} "
             f"into {train.parent} (set ${DATA_DIR_ENV} to use another directory)."
         )
+    # The generator (tyro, multiprocessing, its rollout workers) is imported only when asked for.
+    from .datagen import generate as _generate, GenerateOptions
+
     _generate(
         GenerateOptions(
             env=parsed.file_stem,

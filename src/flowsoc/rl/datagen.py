@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TYPE_CHECKING
 
 import numpy as np
-import tyro
 
 from ._datagen_recipes import (
     DatasetName,
@@ -46,19 +44,18 @@ from ._datagen_recipes import (
     require_generatable,
 )
 from ._datagen_rollout import GOALS_KEY, rollout_episode, RolloutConfig, worker_episode
+from ._dataset_files import (
+    data_dir as data_dir,
+    DATA_DIR_ENV as DATA_DIR_ENV,
+    DEFAULT_DATA_DIR as DEFAULT_DATA_DIR,
+    generate_command as generate_command,
+)
 
 
-DATA_DIR_ENV = "FLOWSOC_DATA_DIR"
-DEFAULT_DATA_DIR = "~/.ogbench/data"
-
-
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The dataset directory: `path` if given, else `$FLOWSOC_DATA_DIR`, else
-    `~/.ogbench/data`.
-    """
-    if path is None:
-        path = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(path).expanduser()
+if TYPE_CHECKING:
+    # Only the CLI needs tyro: `main` imports it and binds it here, where tyro looks up the name
+    # `tyro` in `GenerateOptions`' (string) annotations. Importing this module stays tyro-free.
+    import tyro
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +186,8 @@ def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str
         for i in range(total):
             yield rollout_episode(cfg, i)
         return
+    import multiprocessing
+
     ctx = multiprocessing.get_context(_start_method())
     with ctx.Pool(min(workers, total)) as pool:
         for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j) for j in range(total)))):
@@ -349,22 +348,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def generate_command(name: str, episodes: int | None = None, workers: int | None = None) -> str:
-    """The shell command that generates dataset `name` (used in error messages)."""
-    stem = parse_dataset_name(name).file_stem
-    parts = ["python -m flowsoc.rl.datagen", stem]
-    if episodes is not None:
-        parts += ["--episodes", str(episodes)]
-    if workers is not None:
-        parts += ["--workers", str(workers)]
-    return " ".join(parts)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (`python -m flowsoc.rl.datagen --help`)."""
+    import tyro
+
     from ._datagen_recipes import DatasetError
     from ._expert_actor import ExpertError
 
+    globals()["tyro"] = tyro  # resolves the `tyro.conf.arg` in GenerateOptions' annotations (see the top)
     Cli = Annotated[GenerateOptions, tyro.conf.arg(name="")]
     try:
         options = tyro.cli(

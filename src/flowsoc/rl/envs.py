@@ -14,7 +14,6 @@ step). Both take a picklable factory, e.g. `OGBenchEnvFactory(name)`.
 """
 
 import dataclasses
-import multiprocessing as mp
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -140,6 +139,8 @@ class WorkerEnvs:
     def __init__(self, factory: Callable[[], Any], num_envs: int):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
+        import multiprocessing as mp  # here, not at the top: the in-process runner needs none of it
+
         ctx = mp.get_context("spawn")
         self.num_envs = num_envs
         self._conns, self._procs = [], []

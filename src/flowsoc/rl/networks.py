@@ -112,10 +112,16 @@ class MLP(eqx.Module):
         self.layer_norm = bool(layer_norm)
         self.activation = _gelu
 
+    @property
+    def dtype(self) -> Any:
+        """The parameters' dtype."""
+        return self.layers[0].weight.dtype
+
     def __call__(self, x: Float[Array, " in_size"]) -> Float[Array, " out_size"]:
-        """The forward pass on one input vector of shape `(in_size,)`."""
+        """The forward pass on one input vector of shape `(in_size,)`, cast to the parameters' dtype."""
         if x.shape != (self.in_size,):
             raise ValueError(f"MLP: expected an input of shape ({self.in_size},), got {x.shape}.")
+        x = jnp.asarray(x).astype(self.dtype)
         for i, layer in enumerate(self.layers[:-1]):
             x = self.activation(layer(x))
             if self.layer_norm:
@@ -260,7 +266,8 @@ class CriticEnsemble(eqx.Module):
                 f"CriticEnsemble: expected obs ({self.obs_dim},) and action ({self.action_dim},), "
                 f"got {obs.shape} and {action.shape} (vmap over a batch)."
             )
-        inputs = jnp.concatenate([obs, action])
+        dtype = self.mlp.dtype
+        inputs = jnp.concatenate([obs.astype(dtype), action.astype(dtype)])
         return eqx.filter_vmap(lambda member: member(inputs))(self.mlp)[:, 0]
 
 
@@ -277,7 +284,8 @@ def ema_update(target: _M, online: _M, rate: float | Real[ArrayLike, ""]) -> _M:
     def average(a, b):
         if a.shape != b.shape:
             raise ValueError(f"ema_update: a target leaf of shape {a.shape} meets an online leaf of shape {b.shape}.")
-        return ((1 - rate) * a + rate * b).astype(a.dtype)
+        r = jnp.asarray(rate).astype(a.dtype)
+        return (1 - r) * a + r * b.astype(a.dtype)
 
     new_params = jax.tree.map(average, target_params, online_params)
     return eqx.combine(new_params, target_static)

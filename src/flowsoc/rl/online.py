@@ -18,31 +18,32 @@ updates run on the device while the environments step with the policy from the b
 is marked as an episode end (a time-limit truncation: the mask still bootstraps), so chunks never
 mix two environments.
 
-Checkpoints (`run_dir/online/ckpt-<env step>/`, named by `run_dir/online/LATEST`) hold the agent,
-the online transitions and the counters; resuming continues with the next block, starting fresh
-episodes: every stored transition is kept, and the episodes that were running at the checkpoint
-end there (their last stored transition is marked as a truncation).
+Checkpoints (`run_dir/online/ckpt-<env step>/`, the newest two, `run_dir/online/LATEST` naming the
+newest) hold the agent, the online transitions and the counters, each written as one unit;
+resuming continues with the next block, starting fresh episodes: every stored transition is kept,
+and the episodes that were running at the checkpoint end there (their last stored transition is
+marked as a truncation).
 """
 
 import dataclasses
 import os
 import pathlib
-import shutil
-import zlib
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._checkpoint import atomic_write, CheckpointError
+from .._checkpoint import CheckpointError, latest_checkpoint
+from .._driver import AbstractTrainer, Block, drive, Saved
+from .._logging import AbstractLogger, read_rows
 from .agents import AbstractFlowAgent
 from .data import _FIELDS, add_transitions, append_transitions, ReplayBuffer, sparsify_rewards, Transitions
 from .envs import EnvRunner, make_env_runner
 from .evaluate import agent_policy
+from .pretrain import dataset_fingerprint
 from .train import (
     _meta,
     _postfix,
@@ -53,11 +54,7 @@ from .train import (
     Evaluator,
     finish_block,
     fused_updates,
-    load_agent_checkpoint,
-    MetricsLog,
     plot_learning_curve,
-    raise_non_finite,
-    save_agent_checkpoint,
     TrainResult,
 )
 
@@ -257,80 +254,38 @@ class Collector:
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _fingerprint(data: Transitions) -> str:
-    """A cheap identity of the offline dataset: its size and a CRC of rewards, terminals and actions."""
-    crc = 0
-    for field in ("rewards", "terminals", "actions"):
-        crc = zlib.crc32(np.ascontiguousarray(np.asarray(getattr(data, field))).tobytes(), crc)
-    return f"{data.size}:{crc:08x}"
-
-
 def latest_online_checkpoint(run_dir: str | os.PathLike) -> pathlib.Path | None:
-    """The directory of the newest online checkpoint of `run_dir`, or `None`."""
-    root = pathlib.Path(run_dir) / "online"
-    latest = root / "LATEST"
-    if not latest.exists():
-        return None
-    return root / latest.read_text().strip()
+    """The folder of the newest online checkpoint of `run_dir` (`run_dir/online/ckpt-<env step>/`), or `None`."""
+    return latest_checkpoint(pathlib.Path(run_dir) / "online")
 
 
-def save_online_checkpoint(
-    run_dir: str | os.PathLike, agent: AbstractFlowAgent, buffer: ReplayBuffer, offline_size: int, meta: dict
-) -> pathlib.Path:
-    """Write the agent, the online rows of `buffer` (those after the first `offline_size`) and
-    `meta` to `run_dir/online/ckpt-<env_step>/`, then point `LATEST` at it and delete older ones.
-    An episode running at this point is stored as truncated (its last transition ends it)."""
-    root = pathlib.Path(run_dir) / "online"
-    name = f"ckpt-{meta['env_step']:010d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_agent_checkpoint(tmp, agent, meta)
+def _online_rows_writer(buffer: ReplayBuffer, offline_size: int):
+    """`write(path)` of the online rows of `buffer` (those after the first `offline_size`), an episode running
+    at this point stored as truncated (its last transition ends it)."""
     size = int(buffer.size)
     rows = {f: np.array(getattr(buffer.data, f)[offline_size:size]) for f in _FIELDS}
     if size > offline_size:
         rows["terminals"][-1] = 1.0
-    with open(tmp / "online_rows.npz", "wb") as f:
-        np.savez(f, **rows)
-        f.flush()
-        os.fsync(f.fileno())
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write(root / "LATEST", lambda t: pathlib.Path(t).write_text(name))
-    for old in root.glob("ckpt-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def write(path):
+        with open(path, "wb") as f:
+            np.savez(f, **rows)
+
+    return write
 
 
-def load_online_checkpoint(
-    directory: pathlib.Path, like: AbstractFlowAgent, offline: Transitions, capacity: int, meta: dict
-) -> tuple[AbstractFlowAgent, ReplayBuffer, dict]:
-    """Restore `(agent, buffer, saved meta)` from an online checkpoint, refusing one written for
-    another offline dataset or other settings (`CheckpointError` naming the problem)."""
-    agent, saved = load_agent_checkpoint(
-        directory, like, meta, keys=(*CHECKED_KEYS, "num_envs", "utd", "steps_per_dispatch")
-    )
-    if saved.get("offline_data") != meta["offline_data"]:
-        raise CheckpointError(
-            f"The online checkpoint in {directory} was written with another offline dataset "
-            f"({saved.get('offline_data')} saved, {meta['offline_data']} now). Resume with the same data."
-        )
+def _read_online_rows(folder: pathlib.Path, env_step: int) -> dict[str, np.ndarray]:
     try:
-        with np.load(directory / "online_rows.npz", allow_pickle=False) as f:
+        with np.load(folder / "online_rows.npz", allow_pickle=False) as f:
             rows = {k: np.asarray(f[k], np.float32) for k in _FIELDS}
     except (OSError, ValueError, KeyError, EOFError) as err:
-        raise CheckpointError(f"{directory / 'online_rows.npz'} cannot be read ({err}); start the online phase anew.")
-    n = int(saved.get("env_step", -1))
-    if any(len(v) != n for v in rows.values()):
+        raise CheckpointError(f"{folder / 'online_rows.npz'} cannot be read ({err}); start the online phase anew.")
+    if any(len(v) != env_step for v in rows.values()):
         raise CheckpointError(
-            f"The checkpoint in {directory} is inconsistent: {n} environment steps but "
+            f"The checkpoint in {folder} is inconsistent: {env_step} environment steps but "
             f"{len(rows['rewards'])} stored transitions."
         )
-    buffer = ReplayBuffer.from_transitions(offline, capacity)
-    if n:
-        buffer = add_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
-    return agent, buffer, saved
+    return rows
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -357,6 +312,153 @@ def online_sparse_rewards(config: OnlineConfig, offline: Transitions) -> bool:
     return config.sparse_rewards
 
 
+class OnlineState(NamedTuple):
+    """The online phase between two blocks (host side): the agent, the replay buffer, and the counters."""
+
+    agent: AbstractFlowAgent
+    buffer: ReplayBuffer
+    env_step: int
+    episodes_started: int
+    policy_calls: int
+    episodes_done: int
+    recent: tuple[dict[str, float], ...] = ()
+
+
+ONLINE_KEYS = (*CHECKED_KEYS, "offline_data", "num_envs", "utd", "steps_per_dispatch")
+"""What a resumed online phase must share with its checkpoint."""
+
+
+class OnlineTrainer(AbstractTrainer):
+    """Blocks of acting and updating, for `flowsoc.drive`: each block collects `steps_per_dispatch`
+    environment steps and runs `utd` updates per step on the replay buffer (overlapped when
+    `config.overlap`)."""
+
+    unit = "env step"
+    identity_keys = ONLINE_KEYS
+
+    def __init__(
+        self,
+        offline: Transitions,
+        config: OnlineConfig,
+        meta: dict,
+        evaluator,
+        offline_steps: int,
+        capacity: int,
+        collector: Collector,
+        title: str,
+    ):
+        self.offline, self.config, self.meta, self.evaluator = offline, config, meta, evaluator
+        self.offline_steps, self.capacity, self.collector, self.title = offline_steps, capacity, collector, title
+        self.seed = jnp.asarray(config.seed, jnp.uint32)
+        self.act_key = jr.key(config.seed + 2)
+
+    def position(self, state):
+        return state.env_step
+
+    def _policy(self, agent):
+        act = agent_policy(agent, "policy")
+        return lambda obs, index: act(obs, jr.fold_in(self.act_key, index))
+
+    def block(self, state, n):
+        cfg, collector = self.config, self.collector
+        agent, buffer = state.agent, state.buffer
+        collector.episodes_started, collector.policy_calls = state.episodes_started, state.policy_calls
+        training = state.env_step >= cfg.start_training
+        updates = cfg.utd * n
+        if training:
+            pending = fused_updates(agent, buffer, self.seed, updates, cfg.batch_size)
+            if not cfg.overlap:
+                jax.block_until_ready(pending)
+            acting = agent if cfg.overlap else pending[0]
+        else:
+            acting = agent
+        rows, finished = collector.collect(self._policy(acting), n // cfg.num_envs)
+        buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
+        env_step = state.env_step + n
+        metrics: dict[str, np.ndarray] = {}
+        if training:
+            new, metrics, what = finish_block(lambda: pending, int(agent.step), updates)
+            if what is not None:
+                return Block(state, [], what)
+            agent = new
+        recent = (state.recent + tuple(finished))[-20:]
+        episodes_done = state.episodes_done + len(finished)
+        row: dict[str, Any] = {
+            "kind": "train",
+            "step": self.offline_steps + env_step,
+            "phase": "online",
+            "env_step": env_step,
+            "updates": int(agent.step),
+            "buffer_size": int(buffer.size),
+            "online/episodes": episodes_done,
+        }
+        if recent:
+            row["online/success"] = float(np.mean([r["success"] for r in recent]))
+            row["online/return"] = float(np.mean([r["return"] for r in recent]))
+        row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+        new_state = OnlineState(
+            agent, buffer, env_step, collector.episodes_started, collector.policy_calls, episodes_done, recent
+        )
+        return Block(new_state, [row])
+
+    def evaluate(self, state, position):
+        if self.evaluator is None:
+            return []
+        step = self.offline_steps + position
+        return [{"kind": "eval", "step": step, "phase": "online", **self.evaluator(state.agent, step)}]
+
+    def identity(self):
+        return self.meta
+
+    def save(self, state):
+        meta = {
+            "offline_steps": self.offline_steps,
+            "env_step": state.env_step,
+            # the collector's own counters: at a Ctrl-C inside a block they are ahead of the state's, and
+            # the resumed run must not reuse the seeds of the episodes that block started
+            "episodes_started": max(state.episodes_started, self.collector.episodes_started),
+            "policy_calls": max(state.policy_calls, self.collector.policy_calls),
+            "episodes_done": state.episodes_done,
+        }
+        return Saved(state.agent, meta, {"online_rows.npz": _online_rows_writer(state.buffer, self.offline.size)})
+
+    def restore(self, agent, meta, folder, state):
+        env_step = int(meta["env_step"])
+        rows = _read_online_rows(folder, env_step)
+        buffer = ReplayBuffer.from_transitions(self.offline, self.capacity)
+        if env_step:
+            buffer = add_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
+        self.offline_steps = int(meta["offline_steps"])
+        return OnlineState(
+            agent,
+            buffer,
+            env_step,
+            int(meta["episodes_started"]),
+            int(meta["policy_calls"]),
+            int(meta.get("episodes_done", 0)),
+        )
+
+    def step_of(self, agent):
+        return None
+
+    def postfix(self, row, last_eval):
+        postfix = _postfix(row, last_eval)
+        if "online/success" in row:
+            postfix["online"] = f"{100 * row['online/success']:.0f}%"
+        return postfix
+
+    def finish(self, rows, directory):
+        if directory is not None:
+            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            plot_learning_curve(
+                rows,
+                directory / "learning_curve.png",
+                kl_budget=kl_budget,
+                title=self.title,
+                phase_boundary=self.offline_steps,
+            )
+
+
 def train_online(
     agent: AbstractFlowAgent,
     offline: Transitions,
@@ -367,9 +469,11 @@ def train_online(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     info: dict | None = None,
+    loggers: Sequence[AbstractLogger] = (),
 ) -> TrainResult:
     """Continue training `agent` (fresh from the offline phase) while it acts in environments
-    built by `env_factory`, for `config.steps` environment steps (see the module docstring).
+    built by `env_factory`, for `config.steps` environment steps (see the module docstring), in
+    `flowsoc.drive`.
 
     Metric rows go to `run_dir/metrics.jsonl` after the offline phase's, at step
     `offline updates + environment steps` (the reference's logging step); the figure marks where
@@ -387,157 +491,52 @@ def train_online(
         )
     meta = {
         **_meta(agent, config, info or {}),
-        "offline_data": _fingerprint(offline),
+        "offline_data": dataset_fingerprint(offline),
         "num_envs": config.num_envs,
         "utd": config.utd,
         "steps_per_dispatch": config.steps_per_dispatch,
     }
-    if resume:
-        if directory is None:
-            raise ValueError("resume=True needs a run_dir.")
-        ckpt = latest_online_checkpoint(directory)
-        if ckpt is None:
-            raise CheckpointError(f"No online checkpoint in {directory / 'online'}. Start without --resume.")
-        agent, buffer, saved = load_online_checkpoint(ckpt, agent, offline, capacity, meta)
-        offline_steps, env_step = int(saved["offline_steps"]), int(saved["env_step"])
-        episodes_started, policy_calls = int(saved["episodes_started"]), int(saved["policy_calls"])
-        log = MetricsLog.restore(directory, offline_steps + env_step)
-    else:
-        if directory is not None and latest_online_checkpoint(directory) is not None:
-            raise FileExistsError(
-                f"{directory} already holds an online phase ({directory / 'online'}). Pass --resume to continue "
-                "it, or choose another run directory."
-            )
-        buffer = ReplayBuffer.from_transitions(offline, capacity)
-        offline_steps, env_step, episodes_started, policy_calls = int(agent.step), 0, 0, 0
-        log = MetricsLog.restore(directory, offline_steps) if directory is not None else MetricsLog(None)
-
+    offline_steps = int(agent.step)
+    if resume and (directory is None or latest_online_checkpoint(directory) is None):
+        where = "no run directory was given" if directory is None else f"no online checkpoint in {directory / 'online'}"
+        raise CheckpointError(f"No online checkpoint: {where}. Start without --resume.")
+    rows = [] if directory is None or resume else read_rows(directory, up_to_step=offline_steps)
+    last_eval_step = next((r["step"] for r in reversed(rows) if r["kind"] == "eval"), None)
     sparse = online_sparse_rewards(config, offline)  # refused before any environment is built
+    state = OnlineState(agent, ReplayBuffer.from_transitions(offline, capacity), 0, 0, 0, 0)
     runner = make_env_runner(env_factory, config.num_envs, config.env_workers)
-    collector = Collector(
-        runner,
-        config.seed,
-        reward_fn=sparsify_rewards if sparse else None,
-        episodes_started=episodes_started,
-        policy_calls=policy_calls,
-    )
-    recent: deque[dict[str, float]] = deque(maxlen=20)
-    episodes_done = int(
-        ([r for r in log.kind("train") if "online/episodes" in r] or [{}])[-1].get("online/episodes", 0)
-    )
-    last_eval = (log.kind("eval") or [None])[-1]
-    last_saved: int | None = env_step if resume else None
-    kl_budget = agent.config.kl_budget if type(agent).__name__ == "TRQAM" else None
-    seed = jnp.asarray(config.seed, jnp.uint32)
-    act_key = jr.key(config.seed + 2)
-
-    def checkpoint(a, buf, at_env_step):
-        nonlocal last_saved
-        if directory is None:
-            return
-        m = {
-            **meta,
-            "offline_steps": offline_steps,
-            "env_step": at_env_step,
-            "episodes_started": collector.episodes_started,
-            "policy_calls": collector.policy_calls,
-        }
-        save_online_checkpoint(directory, a, buf, offline.size, m)
-        last_saved = at_env_step
-
-    def run_eval(a, s):
-        nonlocal last_eval
-        if evaluator is None:
-            return
-        row = {"kind": "eval", "step": s, "phase": "online", **evaluator(a, s)}
-        log.append(row)
-        last_eval = {k: v for k, v in row.items() if "/" in k}
-
-    def policy_of(a):
-        act = agent_policy(a, "policy")
-        return lambda obs, index: act(obs, jr.fold_in(act_key, index))
-
-    from tqdm.auto import tqdm
-
-    n = config.steps_per_dispatch
-    per_env = n // config.num_envs
-    updates = config.utd * n
-    bar = tqdm(total=config.steps, initial=env_step, disable=not config.progress, unit="env step", dynamic_ncols=True)
     try:
-        at_start = last_eval is None or last_eval.get("step") != offline_steps  # type: ignore[union-attr]
-        if env_step == 0 and config.eval_at_start and config.eval_every and at_start:
-            run_eval(agent, offline_steps)
-        while env_step < config.steps:
-            training = env_step >= config.start_training
-            if training:
-                pending = fused_updates(agent, buffer, seed, updates, config.batch_size)
-                if not config.overlap:
-                    jax.block_until_ready(pending)
-                acting = agent if config.overlap else pending[0]
-            else:
-                acting = agent
-            rows, finished = collector.collect(policy_of(acting), per_env)
-            buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
-            env_step += n
-            metrics: dict[str, np.ndarray] = {}
-            if training:
-                new, metrics, what = finish_block(lambda: pending, int(agent.step), updates)
-                if what is not None:
-                    checkpoint(agent, buffer, env_step)
-                    raise_non_finite(what, int(agent.step), latest_online_checkpoint(directory) if directory else None)
-                agent = new
-            recent.extend(finished)
-            episodes_done += len(finished)
-            row: dict[str, Any] = {
-                "kind": "train",
-                "step": offline_steps + env_step,
-                "phase": "online",
-                "env_step": env_step,
-                "updates": int(agent.step),
-                "buffer_size": int(buffer.size),
-                "online/episodes": episodes_done,
-            }
-            if recent:
-                row["online/success"] = float(np.mean([r["success"] for r in recent]))
-                row["online/return"] = float(np.mean([r["return"] for r in recent]))
-            row.update({k: float(np.mean(v)) for k, v in metrics.items()})
-            log.append(row)
-            bar.update(n)
-            postfix = _postfix(row, last_eval)
-            if "online/success" in row:
-                postfix["online"] = f"{100 * row['online/success']:.0f}%"
-            bar.set_postfix(postfix, refresh=False)
-            if (config.eval_every and env_step % config.eval_every == 0) or env_step == config.steps:
-                run_eval(agent, offline_steps + env_step)
-            if (config.checkpoint_every and env_step % config.checkpoint_every == 0) or env_step == config.steps:
-                checkpoint(agent, buffer, env_step)
-    except KeyboardInterrupt:
-        checkpoint(agent, buffer, env_step)
-        bar.close()
-        where = f"; the state at environment step {env_step} is saved, continue with --resume" if directory else ""
-        print(f"\nInterrupted at online step {env_step}{where}.")
-        raise
+        collector = Collector(runner, config.seed, reward_fn=sparsify_rewards if sparse else None)
+        title = " · ".join(str(v) for v in (info or {}).values())
+        trainer = OnlineTrainer(offline, config, meta, evaluator, offline_steps, capacity, collector, title)
+        result = drive(
+            trainer,
+            state,
+            total=config.steps,
+            block_size=config.steps_per_dispatch,
+            run_dir=directory,
+            checkpoint_dir=None if directory is None else directory / "online",
+            resume=resume,
+            eval_every=config.eval_every,
+            eval_at_start=config.eval_at_start and last_eval_step != offline_steps,
+            checkpoint_every=config.checkpoint_every,
+            rows=rows,
+            loggers=loggers,
+            progress=config.progress,
+            resume_flag="--resume",
+        )
     finally:
         runner.close()
-    bar.close()
-    if directory is not None:
-        plot_learning_curve(
-            log.rows,
-            directory / "learning_curve.png",
-            kl_budget=kl_budget,
-            title=" · ".join(str(v) for v in (info or {}).values()),
-            phase_boundary=offline_steps,
-        )
-    return TrainResult(agent=agent, rows=log.rows, run_dir=directory, buffer=buffer)
+    return TrainResult(agent=result.state.agent, rows=result.rows, run_dir=directory, buffer=result.state.buffer)
 
 
 __all__ = [
     "Collector",
     "OnlineConfig",
     "episode_seed",
+    "OnlineState",
+    "OnlineTrainer",
     "latest_online_checkpoint",
-    "load_online_checkpoint",
-    "save_online_checkpoint",
     "train_online",
     "with_kl_budget",
 ]

@@ -157,6 +157,7 @@ def pretrain_behaviour(
     incomplete one (a stopped pre-training) is resumed exactly; otherwise training starts there. The flow's
     initialisation and batches come from `train_config.seed`.
     """
+    from .._checkpoint import latest_checkpoint
     from .train import load_agent_checkpoint, read_checkpoint_meta, train_offline
 
     directory = pathlib.Path(directory)
@@ -169,8 +170,9 @@ def pretrain_behaviour(
         "agent_config": dataclasses.asdict(config),
         "batch_size": train_config.batch_size,
         "seed": train_config.seed,
+        "data": fingerprint,
     }
-    resume = (ckpt / "meta.json").exists()
+    resume = latest_checkpoint(ckpt) is not None
     if resume:
         saved, step = read_checkpoint_meta(ckpt)
         saved_data = saved.get("info", {}).get("dataset")

@@ -170,6 +170,9 @@ class SAC(eqx.Module):
         return actions.reshape(observations.shape[:-1] + (self.action_dim,))
 
     def losses(self, nets: SACNets, batch: Transitions, key: PRNGKeyArray):
+        # The replay buffer stores float32; compute in the networks' dtype (float64 under x64).
+        dtype = nets.critic.mlp.dtype
+        batch = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, batch)
         k_next, k_pi = jr.split(key)
         n = batch.rewards.shape[0]
         alpha = jnp.exp(nets.log_alpha)
@@ -206,7 +209,9 @@ class SAC(eqx.Module):
         (_, metrics), grads = jax.value_and_grad(
             lambda p: self.losses(eqx.combine(p, static), batch, sub), has_aux=True
         )(params)
-        updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
+        # optax's Adam computes `decay ** count` (Python float, int32 count): outside strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
         nets = eqx.apply_updates(self.nets, updates)
         target = ema_update(self.target_critic, nets.critic, self.config.target_ema)
         new = eqx.tree_at(

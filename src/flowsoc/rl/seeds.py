@@ -21,7 +21,6 @@ the whole stack with the seed list in `meta.json`, exact resume, and a NaN stop 
 """
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -36,20 +35,20 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, PyTree, UInt
 
-from .._checkpoint import atomic_write, CheckpointError, load_tree, save_tree
+from .._checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
+from .._driver import AbstractTrainer, Block, drive, Saved
+from .._logging import AbstractLogger
 from .agents import AbstractFlowAgent
 from .config import AgentConfig
 from .data import Transitions
+from .pretrain import dataset_fingerprint
 from .train import (
     _first_non_finite,
+    check_dataset,
     finish_block,
     fused_updates,
     fused_updates_body,
-    MetricsLog,
     plot_learning_curve,
-    print_interrupted,
-    raise_non_finite,
-    read_checkpoint_meta,
     TrainConfig,
     TrainResult,
 )
@@ -321,31 +320,25 @@ def _seeds_meta(agents: AbstractFlowAgent, config: TrainConfig, seeds: list[int]
     }
 
 
+SEEDS_KEYS = ("agent", "agent_config", "batch_size", "seeds", "data")
+"""What a resumed multi-seed run must share with its checkpoint."""
+
+
 def save_seeds_checkpoint(directory: str | os.PathLike, agents: AbstractFlowAgent, meta: dict) -> pathlib.Path:
-    """Write a stacked agent to `directory/state.eqx` and `meta` (plus the step) to `meta.json`,
-    atomically, the state first; only process 0 writes. Returns the directory."""
-    directory = pathlib.Path(directory)
+    """Write a stacked agent with `meta` as one checkpoint `directory/ckpt-<step>/`; only process 0 writes.
+    Returns the folder."""
     agents = to_host(agents)
+    folder = pathlib.Path(directory) / checkpoint_name(int(agents.step[0]))
     if jax.process_index() == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tree(directory / "state.eqx", agents)
-        payload = json.dumps({**meta, "step": int(agents.step[0])}, indent=2, default=str)
-        atomic_write(directory / "meta.json", lambda tmp: pathlib.Path(tmp).write_text(payload))
-    return directory
+        folder = save_checkpoint(directory, int(agents.step[0]), agents, meta)
+    return folder
 
 
 def load_seeds_checkpoint(directory: str | os.PathLike, like: AbstractFlowAgent, meta: dict | None = None):
-    """Restore a stacked agent shaped like `like`. With `meta`, refuse a checkpoint written with
-    another agent class, agent configuration, batch size or seed list. Returns `(agents, saved_meta)`;
-    raises `CheckpointError` naming the problem."""
-    directory = pathlib.Path(directory)
-    saved, step = read_checkpoint_meta(directory, meta, keys=("agent", "agent_config", "batch_size", "seeds"))
-    agents = load_tree(directory / "state.eqx", to_host(like))
-    if not bool(jnp.all(agents.step == step)):
-        raise CheckpointError(
-            f"The checkpoint in {directory} is inconsistent: meta.json says step {step}, state.eqx holds "
-            f"{np.asarray(agents.step).tolist()}. Delete it or start a new run directory."
-        )
+    """Restore a stacked agent shaped like `like` from the newest checkpoint in `directory`. With `meta`,
+    refuse a checkpoint written with another agent class, agent configuration, batch size, seed list or
+    dataset. Returns `(agents, saved_meta)`; raises `CheckpointError` naming the problem."""
+    agents, saved, _ = load_checkpoint(directory, to_host(like), meta=meta, keys=SEEDS_KEYS, step_of=lambda a: a.step)
     return agents, saved
 
 
@@ -398,6 +391,72 @@ def _locate(agents, data, seeds: list[int], metrics, step: int, n: int, batch_si
     return "; ".join(found) or f"values within update steps {step + 1}-{step + n} (seed not identified)"
 
 
+class SeedsTrainer(AbstractTrainer):
+    """Fused blocks of updates for every seed of a stacked agent, for `flowsoc.drive`."""
+
+    identity_keys = SEEDS_KEYS
+
+    def __init__(self, data, local_data, config, seeds, seed_array, meta, evaluator, mesh, title):
+        self.data, self.local_data, self.config, self.seeds = data, local_data, config, seeds
+        self.seed_array, self.meta, self.evaluator, self.mesh, self.title = seed_array, meta, evaluator, mesh, title
+        self.writes = jax.process_index() == 0
+
+    def position(self, agents):
+        return int(np.asarray(to_host(agents.step))[0])
+
+    def block(self, agents, n):
+        step = self.position(agents)
+
+        def dispatch():
+            new, metrics = fused_updates_seeds(agents, self.data, self.seed_array, n, self.config.batch_size)
+            return new, to_host(metrics)
+
+        new, metrics, what = finish_block(dispatch, step, n)
+        if what is not None:
+            self._metrics = metrics
+            return Block(agents, [], what)
+        rows = [
+            {"kind": "train", "step": step + n, "seed": seed, **{k: float(np.mean(v[i])) for k, v in metrics.items()}}
+            for i, seed in enumerate(self.seeds)
+        ]
+        return Block(new, rows)
+
+    def locate(self, agents, n, problem):
+        step = self.position(agents)
+        return _locate(agents, self.local_data, self.seeds, self._metrics, step, n, self.config.batch_size)
+
+    def evaluate(self, agents, position):
+        if self.evaluator is None:
+            return []
+        host = to_host(agents)
+        return [
+            {"kind": "eval", "step": position, "seed": seed, **self.evaluator(unstack_agent(host, i), position, seed)}
+            for i, seed in enumerate(self.seeds)
+        ]
+
+    def identity(self):
+        return self.meta
+
+    def save(self, agents):
+        return Saved(to_host(agents), {})
+
+    def restore(self, tree, meta, folder, agents):
+        return tree if self.mesh is None else shard_seeds(tree, self.mesh)
+
+    def step_of(self, agents):
+        return agents.step
+
+    def postfix(self, row, last_eval):
+        return {k: f"{row[k]:.3g}" for k in ("kl", "lam") if k in row}
+
+    def finish(self, rows, directory):
+        if directory is not None:
+            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            plot_learning_curve(
+                mean_rows(rows), directory / "learning_curve.png", kl_budget=kl_budget, title=self.title
+            )
+
+
 def train_offline_seeds(
     agents: AbstractFlowAgent,
     data: Transitions,
@@ -409,9 +468,10 @@ def train_offline_seeds(
     resume: bool = False,
     info: dict | None = None,
     mesh: Mesh | None = None,
+    loggers: Sequence[AbstractLogger] = (),
 ) -> SeedsResult:
     """Train the stacked `agents` (one per entry of `seeds`, e.g. from `create_agents`) on `data` for
-    `config.steps` updates each, all seeds in one compiled program per block.
+    `config.steps` updates each, all seeds in one compiled program per block, in `flowsoc.drive`.
 
     As `train_offline`, seed by seed: seed `s` draws the batches of a single-seed run with
     `TrainConfig(seed=s)` (`config.seed` is not used), so its agent equals that run's. After each block
@@ -422,104 +482,43 @@ def train_offline_seeds(
     `learning_curve.png` shows the mean over seeds. With `mesh` (`seed_mesh()`), the seed axis is
     sharded over its devices and the dataset replicated on each.
     """
-    if not isinstance(data, Transitions):
-        raise TypeError(f"data must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
-    if data.size < agents.config.horizon:
-        raise ValueError(
-            f"the dataset has {data.size} transitions, fewer than the chunk length {agents.config.horizon}."
-        )
+    check_dataset(data, agents.config.horizon)
     seeds = [int(s) for s in seeds]
     if len(seeds) != num_seeds(agents) or len(set(seeds)) != len(seeds):
         raise ValueError(
             f"train_offline_seeds: need one distinct seed per stacked agent ({num_seeds(agents)}), got {seeds}."
         )
-    directory = None if run_dir is None else pathlib.Path(run_dir)
-    ckpt_dir = None if directory is None else directory / "checkpoint"
-    meta = _seeds_meta(agents, config, seeds, info or {})
-    if resume:
-        if ckpt_dir is None:
-            raise ValueError("resume=True needs a run_dir.")
-        agents, _ = load_seeds_checkpoint(ckpt_dir, agents, meta)
-        log = MetricsLog.restore(directory, int(agents.step[0]))
-    else:
-        if ckpt_dir is not None and (ckpt_dir / "meta.json").exists():
-            raise FileExistsError(
-                f"{directory} already holds a run (checkpoint at {ckpt_dir}). Pass --resume to continue it, "
-                "or choose another run directory."
-            )
-        if not bool(jnp.all(to_host(agents).step == agents.step[0])):
-            raise ValueError("train_offline_seeds: the stacked agents are at different steps.")
-        log = MetricsLog(directory)
-
+    if not resume and not bool(jnp.all(to_host(agents).step == agents.step[0])):
+        raise ValueError("train_offline_seeds: the stacked agents are at different steps.")
+    meta = {**_seeds_meta(agents, config, seeds, info or {}), "data": dataset_fingerprint(data)}
     seed_array = jnp.asarray(seeds, jnp.uint32)
     local_data = data
     if mesh is not None:
         agents, seed_array, data = shard_seeds(agents, mesh), shard_seeds(seed_array, mesh), replicate(data, mesh)
-    step = int(to_host(agents.step)[0])
-    kl_budget = agents.config.kl_budget if type(agents).__name__ == "TRQAM" else None
-
-    def checkpoint(a):
-        if ckpt_dir is not None:
-            save_seeds_checkpoint(ckpt_dir, a, meta)
-
-    def run_eval(a, s):
-        if evaluator is None:
-            return
-        host = to_host(a)
-        for i, seed in enumerate(seeds):
-            log.append({"kind": "eval", "step": s, "seed": seed, **evaluator(unstack_agent(host, i), s, seed)})
-
-    def dispatch(a, n):
-        new, metrics = fused_updates_seeds(a, data, seed_array, n, config.batch_size)
-        return new, to_host(metrics)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
-    try:
-        if step == 0 and config.eval_at_start and config.eval_every:
-            run_eval(agents, 0)
-        while step < config.steps:
-            n = config.steps_per_dispatch
-            new, metrics, what = finish_block(lambda: dispatch(agents, n), step, n)
-            if what is not None:
-                checkpoint(agents)
-                raise_non_finite(
-                    _locate(agents, local_data, seeds, metrics, step, n, config.batch_size), step, ckpt_dir
-                )
-            agents, step = new, step + n
-            for i, seed in enumerate(seeds):
-                log.append(
-                    {
-                        "kind": "train",
-                        "step": step,
-                        "seed": seed,
-                        **{k: float(np.mean(v[i])) for k, v in metrics.items()},
-                    }
-                )
-            bar.update(n)
-            bar.set_postfix(
-                {k: f"{float(np.mean(metrics[k])):.3g}" for k in ("kl", "lam") if k in metrics}, refresh=False
-            )
-            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                run_eval(agents, step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                checkpoint(agents)
-    except KeyboardInterrupt:
-        checkpoint(agents)
-        bar.close()
-        print_interrupted(step, saved=ckpt_dir is not None)
-        raise
-    bar.close()
-    if directory is not None and jax.process_index() == 0:
-        title = " · ".join([*(str(v) for v in (info or {}).values()), f"mean over {len(seeds)} seeds"])
-        plot_learning_curve(mean_rows(log.rows), directory / "learning_curve.png", kl_budget=kl_budget, title=title)
-    return SeedsResult(agent=agents, rows=log.rows, run_dir=directory, seeds=tuple(seeds))
+    title = " · ".join([*(str(v) for v in (info or {}).values()), f"mean over {len(seeds)} seeds"])
+    trainer = SeedsTrainer(data, local_data, config, seeds, seed_array, meta, evaluator, mesh, title)
+    result = drive(
+        trainer,
+        agents,
+        total=config.steps,
+        block_size=config.steps_per_dispatch,
+        run_dir=run_dir,
+        resume=resume,
+        eval_every=config.eval_every,
+        eval_at_start=config.eval_at_start,
+        checkpoint_every=config.checkpoint_every,
+        loggers=loggers,
+        progress=config.progress,
+        resume_flag="--resume",
+    )
+    directory = None if run_dir is None else pathlib.Path(run_dir)
+    return SeedsResult(agent=result.state, rows=result.rows, run_dir=directory, seeds=tuple(seeds))
 
 
 __all__ = [
     "SeedEvaluator",
     "SeedsResult",
+    "SeedsTrainer",
     "aggregate",
     "create_agents",
     "final_summary",

@@ -3,20 +3,18 @@ learning-curve figure, atomic checkpoints and exact resume.
 
 Layout of a run directory:
 
-- `checkpoint/state.eqx`, `checkpoint/meta.json`: the whole agent (parameters, optimiser state,
-  λ and its KL average, RNG key, step), written atomically, `meta.json` last;
+- `checkpoint/ckpt-<step>/` (the newest two): the whole agent (parameters, optimiser state, λ and its
+  KL average, RNG key, step) in `state.eqx` and what wrote it in `meta.json`, each checkpoint written
+  as one unit (a folder renamed into place), `checkpoint/LATEST` naming the newest;
 - `metrics.jsonl`: one JSON object per row (`"kind": "train"` per dispatch, `"eval"` per evaluation);
 - `train.csv`, `eval.csv`: the same rows as tables;
 - `learning_curve.png`: success rate, path KL against the budget, and λ over training steps.
 """
 
-import csv
 import dataclasses
-import json
-import math
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -26,19 +24,30 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
-from .._checkpoint import atomic_write, CheckpointError, load_tree, save_tree
+from .._checkpoint import (
+    atomic_write,
+    CheckpointError,
+    compare_meta,
+    latest_checkpoint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from .._driver import AbstractTrainer, Block, drive, NonFiniteError, Saved
+from .._logging import AbstractLogger, MetricsLog
 from .agents import AbstractFlowAgent
+from .data import ReplayBuffer, sample_chunks, Transitions
+from .pretrain import dataset_fingerprint
 
 
 Agent = eqx.Module
 """What the loops train: a pure `eqx.Module` with `update(batch) -> (new, metrics)`, an integer array `step`
 and a static `config` with `horizon` and `discount` (the flow agents, or `flowsoc.rl.pretrain.BCPretrainer`)."""
-from .data import ReplayBuffer, sample_chunks, Transitions
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss or metric; the message names the step and the last good
-    checkpoint."""
+NonFiniteLossError = NonFiniteError
+"""Training produced a non-finite loss or metric; the message names the step and the last good
+checkpoint (the core's `flowsoc.NonFiniteError`)."""
 
 
 def check_positive_ints(config: Any, names: tuple[str, ...]) -> None:
@@ -171,53 +180,32 @@ def _meta(agent: Agent, config: Any, info: dict) -> dict:
 
 
 def save_agent_checkpoint(directory: str | os.PathLike, agent: Agent, meta: dict) -> pathlib.Path:
-    """Write `agent` to `directory/state.eqx` and `directory/meta.json` (with `meta` and the step),
-    atomically, the state first. Returns the directory."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_tree(directory / "state.eqx", agent)
-    payload = json.dumps({**meta, "step": int(agent.step)}, indent=2, default=str)
-    atomic_write(directory / "meta.json", lambda tmp: pathlib.Path(tmp).write_text(payload))
-    return directory
+    """Write `agent` with `meta` as one checkpoint `directory/ckpt-<step>/` (see `flowsoc._checkpoint`).
+    Returns its folder."""
+    return save_checkpoint(directory, int(agent.step), agent, meta)
 
 
-CHECKED_KEYS = ("agent", "agent_config", "batch_size", "seed")
+CHECKED_KEYS = ("agent", "agent_config", "batch_size", "seed", "data")
+"""What a resumed offline run must share with its checkpoint (`data`: the dataset's size and hash)."""
 
 
 def read_checkpoint_meta(
     directory: str | os.PathLike, meta: dict | None = None, keys: tuple[str, ...] = CHECKED_KEYS
 ) -> tuple[dict, int]:
-    """The `meta.json` of the checkpoint in `directory` and its step. With `meta`, refuse a checkpoint
-    whose `keys` differ from `meta`'s, naming each difference with both values (`agent_config` field
-    by field). Raises `CheckpointError` for a missing, corrupt or mismatched checkpoint."""
-    directory = pathlib.Path(directory)
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
+    """The `meta.json` of the newest checkpoint in `directory` and its step. With `meta`, refuse a
+    checkpoint whose `keys` differ from `meta`'s, naming each difference with both values (`agent_config`
+    field by field). Raises `CheckpointError` for a missing, corrupt or mismatched checkpoint."""
+    folder = latest_checkpoint(directory)
+    if folder is None:
         raise CheckpointError(f"No checkpoint in {directory} (missing meta.json). Start without --resume.")
-    try:
-        saved = json.loads(meta_path.read_text())
-        step = int(saved["step"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{meta_path} is corrupt ({err}); delete the run directory or start a new one.")
-    if meta is not None:
-        mine = json.loads(json.dumps(meta, default=str))
-        detail = []
-        for k in keys:
-            if saved.get(k) == mine.get(k):
-                continue
-            if k == "agent_config" and isinstance(saved.get(k), dict):
-                a, b = saved[k], mine[k]
-                detail += [
-                    f"agent_config.{f} ({a.get(f)!r} saved, {b.get(f)!r} now)" for f in b if a.get(f) != b.get(f)
-                ]
-            else:
-                detail.append(f"{k} ({saved.get(k)!r} saved, {mine.get(k)!r} now)")
-        if detail:
-            raise CheckpointError(
-                f"The checkpoint in {directory} was written with different settings: {', '.join(detail)}. "
-                "Resume with the same settings or use a new run directory."
-            )
-    return saved, step
+    saved = read_meta(folder)
+    detail = [] if meta is None else compare_meta(saved, meta, keys)
+    if detail:
+        raise CheckpointError(
+            f"The checkpoint in {folder} was written with different settings: {', '.join(detail)}. "
+            "Resume with the same settings or use a new run directory."
+        )
+    return saved, saved["step"]
 
 
 def load_agent_checkpoint(
@@ -226,76 +214,14 @@ def load_agent_checkpoint(
     meta: dict | None = None,
     keys: tuple[str, ...] = CHECKED_KEYS,
 ):
-    """Restore an agent shaped like `like` from `directory`. With `meta`, refuse a checkpoint whose
-    `keys` differ (by default: the agent class, agent configuration, batch size and seed). Returns
-    `(agent, saved_meta)`; raises `CheckpointError` naming the problem."""
-    directory = pathlib.Path(directory)
-    saved, step = read_checkpoint_meta(directory, meta, keys)
-    agent = load_tree(directory / "state.eqx", like)
-    if int(agent.step) != step:
-        raise CheckpointError(
-            f"The checkpoint in {directory} is inconsistent: meta.json says step {step}, state.eqx holds "
-            f"{int(agent.step)}. Delete it or start a new run directory."
-        )
+    """Restore an agent shaped like `like` from the newest checkpoint in `directory`. With `meta`, refuse
+    a checkpoint whose `keys` differ (by default: the agent class, agent configuration, batch size, seed
+    and dataset). Returns `(agent, saved_meta)`; raises `CheckpointError` naming the problem."""
+    agent, saved, _ = load_checkpoint(directory, like, meta=meta, keys=keys, step_of=lambda a: a.step)
     return agent, saved
 
 
 # ---------------------------------------------------------------------------------- metrics files
-
-
-class MetricsLog:
-    """Rows of metrics in memory and, with a directory, in `metrics.jsonl`, `train.csv`, `eval.csv`."""
-
-    def __init__(self, directory: pathlib.Path | None, rows: list[dict] | None = None):
-        self.directory = directory
-        self.rows: list[dict] = list(rows or [])
-        if directory is not None:
-            self._rewrite()
-
-    @classmethod
-    def restore(cls, directory: pathlib.Path, up_to_step: int) -> "MetricsLog":
-        """The rows of `directory/metrics.jsonl` up to `up_to_step` (those after the checkpoint are
-        dropped; the resumed run writes them again)."""
-        rows = []
-        path = directory / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if row.get("step", math.inf) <= up_to_step:
-                    rows.append(row)
-        return cls(directory, rows)
-
-    def kind(self, kind: str) -> list[dict]:
-        return [r for r in self.rows if r["kind"] == kind]
-
-    def append(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.directory is not None:
-            with open(self.directory / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            self._write_csv(row["kind"])
-
-    def _rewrite(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(r) + "\n" for r in self.rows)
-        atomic_write(self.directory / "metrics.jsonl", lambda tmp: pathlib.Path(tmp).write_text(text))
-        for kind in ("train", "eval"):
-            self._write_csv(kind)
-
-    def _write_csv(self, kind: str) -> None:
-        rows = self.kind(kind)
-        columns = list(dict.fromkeys(k for r in rows for k in r if k != "kind"))
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows({k: v for k, v in r.items() if k != "kind"} for r in rows)
-
-        atomic_write(self.directory / f"{kind}.csv", write)
 
 
 def plot_learning_curve(
@@ -442,25 +368,6 @@ def finish_block(dispatch: Callable[[], tuple[Any, dict]], step: int, n: int):
     return new, metrics, what
 
 
-def print_interrupted(step: int, saved: bool) -> None:
-    """Tell the user at which update step a Ctrl-C stopped the run, and how to continue it if saved."""
-    where = f"; the state at step {step} is saved, continue with --resume" if saved else ""
-    print(f"\nInterrupted at step {step}{where}.")
-
-
-def raise_non_finite(what: str, step: int, ckpt_dir: pathlib.Path | None):
-    """Raise `NonFiniteLossError` for `what`, saying where the last good state (update `step`) is."""
-    where = (
-        f"the last good state (step {step}) is saved in {ckpt_dir}"
-        if ckpt_dir is not None
-        else "no run directory was given, so nothing was saved"
-    )
-    raise NonFiniteLossError(
-        f"non-finite {what}; training stopped and {where}. "
-        "Check the data for NaN/inf, or lower learning_rate / enable grad_clip, then resume."
-    )
-
-
 def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
     out = {k: f"{row[k]:.3g}" for k in ("critic_loss", "actor_loss", "kl", "lam") if k in row}
     if not out and "behaviour_loss" in row:  # BC pre-training
@@ -468,6 +375,62 @@ def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
     if last_eval:
         out.update({k.split("/")[0]: f"{100 * v:.0f}%" for k, v in last_eval.items() if k.endswith("/success")})
     return out
+
+
+class OfflineTrainer(AbstractTrainer):
+    """Fused blocks of updates on a fixed dataset, for `flowsoc.drive` (the state is the agent)."""
+
+    identity_keys = CHECKED_KEYS
+    resume_flag = "--resume"
+
+    def __init__(self, data: Transitions, config: TrainConfig, meta: dict, evaluator: Evaluator | None, title: str):
+        self.data, self.config, self.meta, self.evaluator, self.title = data, config, meta, evaluator, title
+        self.seed = jnp.asarray(config.seed, jnp.uint32)  # traced: one compilation serves every seed
+
+    def position(self, agent):
+        return int(agent.step)
+
+    def block(self, agent, n):
+        step = int(agent.step)
+        new, metrics, what = finish_block(
+            lambda: fused_updates(agent, self.data, self.seed, n, self.config.batch_size), step, n
+        )
+        if what is not None:
+            return Block(agent, [], what)
+        return Block(new, [{"kind": "train", "step": step + n, **{k: float(np.mean(v)) for k, v in metrics.items()}}])
+
+    def evaluate(self, agent, position):
+        if self.evaluator is None:
+            return []
+        return [{"kind": "eval", "step": position, **self.evaluator(agent, position)}]
+
+    def identity(self):
+        return self.meta
+
+    def save(self, agent):
+        return Saved(agent, {})
+
+    def restore(self, tree, meta, folder, agent):
+        return tree
+
+    def step_of(self, agent):
+        return agent.step
+
+    def postfix(self, row, last_eval):
+        return _postfix(row, last_eval)
+
+    def finish(self, rows, directory):
+        if directory is not None:
+            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            plot_learning_curve(rows, directory / "learning_curve.png", kl_budget=kl_budget, title=self.title)
+
+
+def check_dataset(data: Any, horizon: int, name: str = "data") -> None:
+    """Refuse anything but `Transitions` with at least one chunk of `horizon` steps."""
+    if not isinstance(data, Transitions):
+        raise TypeError(f"{name} must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
+    if data.size < horizon:
+        raise ValueError(f"the dataset has {data.size} transitions, fewer than the chunk length {horizon}.")
 
 
 def train_offline(
@@ -479,94 +442,36 @@ def train_offline(
     run_dir: str | os.PathLike | None = None,
     resume: bool = False,
     info: dict | None = None,
+    loggers: Sequence[AbstractLogger] = (),
 ) -> TrainResult:
-    """Train `agent` on `data` for `config.steps` updates (counted by `agent.step`).
+    """Train `agent` on `data` for `config.steps` updates (counted by `agent.step`), in `flowsoc.drive`.
 
     Updates run `config.steps_per_dispatch` at a time in one compiled scan; after each block the
     mean metrics are logged and checked (a non-finite value raises `NonFiniteLossError` after
     saving the last good agent). `evaluator(agent, step)` runs every `config.eval_every` steps
     and at the end. With `run_dir`, checkpoints are written every `config.checkpoint_every` steps,
     at the end and on Ctrl-C; `resume=True` continues from `run_dir/checkpoint` exactly, drawing the
-    same batches as an uninterrupted run. `info` is stored in the checkpoint's metadata.
+    same batches as an uninterrupted run (and refuses a checkpoint of other data or settings). `info` is
+    stored in the checkpoint's metadata; `loggers` receive every row (e.g. TensorBoard).
     """
-    if not isinstance(data, Transitions):
-        raise TypeError(f"data must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
-    if data.size < agent.config.horizon:
-        raise ValueError(
-            f"the dataset has {data.size} transitions, fewer than the chunk length {agent.config.horizon}."
-        )
-    directory = None if run_dir is None else pathlib.Path(run_dir)
-    ckpt_dir = None if directory is None else directory / "checkpoint"
-    meta = _meta(agent, config, info or {})
-    if resume:
-        if ckpt_dir is None:
-            raise ValueError("resume=True needs a run_dir.")
-        agent, _ = load_agent_checkpoint(ckpt_dir, agent, meta)
-        log = MetricsLog.restore(directory, int(agent.step))
-    else:
-        if ckpt_dir is not None and (ckpt_dir / "meta.json").exists():
-            raise FileExistsError(
-                f"{directory} already holds a run (checkpoint at {ckpt_dir}). Pass --resume to continue it, "
-                "or choose another run directory."
-            )
-        log = MetricsLog(directory)
-
-    step = int(agent.step)
-    last_saved = step if resume else None
-    last_eval = (log.kind("eval") or [None])[-1]
-    kl_budget = agent.config.kl_budget if type(agent).__name__ == "TRQAM" else None
-
-    def checkpoint(a):
-        nonlocal last_saved
-        if ckpt_dir is not None:
-            save_agent_checkpoint(ckpt_dir, a, meta)
-            last_saved = int(a.step)
-
-    def run_eval(a, s):
-        nonlocal last_eval
-        if evaluator is None:
-            return
-        row = {"kind": "eval", "step": s, **evaluator(a, s)}
-        log.append(row)
-        last_eval = {k: v for k, v in row.items() if "/" in k}
-
-    from tqdm.auto import tqdm
-
-    seed = jnp.asarray(config.seed, jnp.uint32)  # traced: one compilation serves every seed
-
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, unit="step", dynamic_ncols=True)
-    try:
-        if step == 0 and config.eval_at_start and config.eval_every:
-            run_eval(agent, 0)
-        while step < config.steps:
-            n = min(config.steps_per_dispatch, config.steps - step)  # a run resumed with another block size
-            new, metrics, what = finish_block(lambda: fused_updates(agent, data, seed, n, config.batch_size), step, n)
-            if what is not None:
-                checkpoint(agent)
-                raise_non_finite(what, step, ckpt_dir)
-            agent, step = new, step + n
-            row = {"kind": "train", "step": step, **{k: float(np.mean(v)) for k, v in metrics.items()}}
-            log.append(row)
-            bar.update(n)
-            bar.set_postfix(_postfix(row, last_eval), refresh=False)
-            if (config.eval_every and step % config.eval_every == 0) or step == config.steps:
-                run_eval(agent, step)
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                checkpoint(agent)
-    except KeyboardInterrupt:
-        checkpoint(agent)
-        bar.close()
-        print_interrupted(step, saved=ckpt_dir is not None)
-        raise
-    bar.close()
-    if directory is not None:
-        plot_learning_curve(
-            log.rows,
-            directory / "learning_curve.png",
-            kl_budget=kl_budget,
-            title=" · ".join(str(v) for v in (info or {}).values()),
-        )
-    return TrainResult(agent=agent, rows=log.rows, run_dir=directory)
+    check_dataset(data, agent.config.horizon)
+    meta = {**_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
+    trainer = OfflineTrainer(data, config, meta, evaluator, " · ".join(str(v) for v in (info or {}).values()))
+    result = drive(
+        trainer,
+        agent,
+        total=config.steps,
+        block_size=config.steps_per_dispatch,
+        run_dir=run_dir,
+        resume=resume,
+        eval_every=config.eval_every,
+        eval_at_start=config.eval_at_start,
+        checkpoint_every=config.checkpoint_every,
+        loggers=loggers,
+        progress=config.progress,
+        resume_flag="--resume",
+    )
+    return TrainResult(agent=result.state, rows=result.rows, run_dir=None if run_dir is None else pathlib.Path(run_dir))
 
 
 def load_transitions(data: dict[str, np.ndarray], name: str = "", sparse_rewards: bool | None = None) -> Transitions:
