@@ -99,6 +99,8 @@ def test_resume_is_exact(tmp_path):
 def test_corrupt_or_mismatched_checkpoint(tmp_path):
     config = small_config(40)
     fs.finetune(BASE, SCALED_LINEAR, (2,), config, args=ONE, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):  # never overwritten without resume
+        fs.finetune(BASE, SCALED_LINEAR, (2,), config, args=ONE, checkpoint_dir=tmp_path, progress=False)
     other = small_config(80, lam_init=2.0)
     with pytest.raises(fs.CheckpointError, match="different settings.*lam_init"):
         fs.finetune(BASE, SCALED_LINEAR, (2,), other, args=ONE, checkpoint_dir=tmp_path, resume=True, progress=False)
@@ -124,5 +126,7 @@ def test_bad_input():
         fs.FinetuneConfig.fixed(0.0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         fs.FinetuneConfig.fixed(1.0, batch_size=0)
-    with pytest.raises(FloatingPointError, match="non-finite loss, samples or reward at step 0"):
+    with pytest.raises(ValueError, match="num_flow_steps must be >= 2"):
+        fs.FinetuneConfig.fixed(1.0, num_flow_steps=1)
+    with pytest.raises(fs.NonFiniteError, match="non-finite loss, samples or reward at step 0"):
         fs.finetune(BASE, SCALED_LINEAR, (2,), small_config(40), args=NAN, progress=False)  # a NaN reward

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._paths import result_dtype
+
 
 class GridBrownianPath(dfx.AbstractBrownianPath):
     r"""Brownian motion whose increments over the cells $[t_i, t_{i+1}]$ of a grid are drawn
@@ -42,7 +44,8 @@ class GridBrownianPath(dfx.AbstractBrownianPath):
         - `key`: a JAX random key.
         - `shape`: the shape of the Brownian motion (the state's shape for diagonal noise).
         - `levy_area`: `diffrax.BrownianIncrement` (default) or `diffrax.SpaceTimeLevyArea`.
-        - `dtype`: floating dtype of the increments (default: that of `ts`).
+        - `dtype`: floating dtype the normals are drawn in (default: that of `ts`); the increments have
+          the dtype of these normals and `ts` promoted together.
         """
         self.ts = jnp.asarray(ts)
         dtype = self.ts.dtype if dtype is None else dtype
@@ -72,7 +75,10 @@ class GridBrownianPath(dfx.AbstractBrownianPath):
         scale = 10 * jnp.finfo(self.ts.dtype).eps * jnp.maximum(1.0, jnp.abs(hi))
         off_grid = (jnp.abs(t0 - lo) > scale) | (jnp.abs(t1 - hi) > scale)
         dt = hi - lo
-        w = self.normals[index] * jnp.sqrt(dt).astype(self.normals.dtype)
+        # The increments take the dtype of normals and times together (float32 normals on a float64 grid:
+        # float64 increments, as Diffrax then solves in float64).
+        dtype = result_dtype(self.normals, self.ts)
+        w = self.normals[index].astype(dtype) * jnp.sqrt(dt).astype(dtype)
         w = eqx.error_if(
             w,
             off_grid,
@@ -83,6 +89,6 @@ class GridBrownianPath(dfx.AbstractBrownianPath):
             return w
         if self.levy_area is dfx.SpaceTimeLevyArea:
             assert self.levy_normals is not None
-            h = self.levy_normals[index] * (jnp.sqrt(dt) / math.sqrt(12)).astype(self.levy_normals.dtype)
+            h = self.levy_normals[index].astype(dtype) * (jnp.sqrt(dt) / math.sqrt(12)).astype(dtype)
             return dfx.SpaceTimeLevyArea(dt=dt, W=w, H=h)
         return dfx.BrownianIncrement(dt=dt, W=w)

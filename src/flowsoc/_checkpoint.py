@@ -3,7 +3,8 @@
 Layout of a checkpoint directory (e.g. `run/checkpoint/`):
 
 - `ckpt-0000000040/`, `ckpt-0000000060/`: complete checkpoints, each a folder holding `state.eqx` (the
-  array leaves of the saved pytree), `meta.json` (what wrote it, its step) and any extra files;
+  array leaves of the saved pytree), any extra files, and `meta.json` (what wrote it, its step, and the
+  SHA-256 of every other file, checked on load: a damaged or swapped-in file is refused);
 - `LATEST`: the name of the newest one (a convenience for people and tools; readers also find it by
   scanning).
 
@@ -18,6 +19,7 @@ Readers of the earlier single-slot layout (`state.eqx` and `meta.json` directly 
 working: such a directory reads as one checkpoint.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -217,11 +219,14 @@ def save_checkpoint(
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         writers = {"state.eqx": lambda path: _write_tree(path, tree), **(files or {})}
-        payload = json.dumps({**meta, "step": int(step)}, indent=2, default=str)
-        writers["meta.json"] = lambda path: pathlib.Path(path).write_text(payload)
+        digests = {}
         for file, write in writers.items():
             write(str(tmp / file))
             _fsync_file(tmp / file)
+            digests[file] = _sha256(tmp / file)
+        payload = json.dumps({**meta, "step": int(step), "files": digests}, indent=2, default=str)
+        (tmp / "meta.json").write_text(payload)
+        _fsync_file(tmp / "meta.json")
         fsync_dir(tmp)
         old = None
         if final.exists():
@@ -242,6 +247,29 @@ def save_checkpoint(
         if stale != final:
             shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(folder: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Check every file of a checkpoint folder against the SHA-256 recorded in its `meta.json` (checkpoints
+    of the earlier layout record none); `CheckpointError` names a missing, damaged or replaced file."""
+    folder = pathlib.Path(folder)
+    for name, expected in (meta.get("files") or {}).items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"{path} is missing from the checkpoint.")
+        if _sha256(path) != expected:
+            raise CheckpointError(
+                f"{path} does not match the checksum in {folder / 'meta.json'}: it was damaged or replaced by another "
+                "file after the checkpoint was written."
+            )
 
 
 def read_meta(folder: str | os.PathLike) -> dict:
@@ -309,6 +337,7 @@ def load_checkpoint(
                         f"The checkpoint in {candidate} was written with different settings: {', '.join(detail)}. "
                         "Resume with the same settings or use a new run directory."
                     )
+            verify_files(candidate, saved)
             tree = load_tree(candidate / "state.eqx", like)
             held = None if step_of is None else step_of(tree)
             if held is not None:

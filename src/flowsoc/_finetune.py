@@ -85,6 +85,11 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"FinetuneConfig: {name} must be a positive integer, got {value!r}.")
+        if self.num_flow_steps < 2:
+            raise ValueError(
+                f"FinetuneConfig: num_flow_steps must be >= 2, got {self.num_flow_steps} (the last step is a noiseless "
+                "base step: with one step nothing would be fine-tuned)."
+            )
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"FinetuneConfig: learning_rate must be > 0, got {self.learning_rate}.")
         if self.grad_clip is not None and not self.grad_clip > 0:

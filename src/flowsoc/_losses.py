@@ -171,6 +171,6 @@ def soc_objective(
         gaps = velocity_gaps(field, base, xs_c, ts_c, args, stop_base=False)
         running = path_kl(field, base, xs_c, ts_c, shift=shift, gaps=gaps)
     reward_value = jnp.asarray(reward(xs[-1], args))
-    cost = lam * jnp.asarray(running_cost_scale) * running
-    dtype = result_dtype(cost, reward_value)
-    return cost.astype(dtype) - reward_value.astype(dtype)
+    scale = jnp.asarray(running_cost_scale)
+    dtype = result_dtype(lam, scale, running, reward_value)
+    return lam.astype(dtype) * scale.astype(dtype) * running.astype(dtype) - reward_value.astype(dtype)

@@ -121,3 +121,107 @@ def test_expert_training_loop_on_a_toy_environment():
     assert result["length"] == 1.0 and np.isfinite(result["return"])
     with pytest.raises(ValueError, match="multiple of steps_per_dispatch"):
         train_expert(BanditEnv, config, steps=450, steps_per_dispatch=100)
+
+
+# ---------------------------------------------------------------------------------- expert training in the driver
+
+# The settings of `test_expert_training_loop_on_a_toy_environment` (one compilation serves these tests too).
+TOY = SACConfig(actor_hidden=(16,), critic_hidden=(16,), learning_rate=3e-3, discount=0.0)
+TOY_RUN = dict(seed_steps=200, update_every=2, batch_size=32, steps_per_dispatch=100, progress=False)
+
+
+def _train_toy(env_factory, run_dir, steps=400, **kwargs):
+    from flowsoc.rl.experts import train_expert
+
+    return train_expert(env_factory, TOY, steps=steps, run_dir=run_dir, **{**TOY_RUN, **kwargs})
+
+
+def _checkpoint_buffer(run_dir, capacity):
+    """The agent's update count and the replay buffer of `run_dir`'s newest checkpoint."""
+    import flowsoc as fs
+
+    like = (SAC.create(jr.key(0), 3, 1, TOY), ReplayBuffer.empty(capacity, (3,), 1))
+    (agent, buffer), meta, _ = fs.load_checkpoint(run_dir / "checkpoint", like)
+    return meta, int(agent.step), buffer
+
+
+def test_stopped_expert_training_resumes_without_losing_or_repeating_a_row(tmp_path, monkeypatch):
+    """Ctrl-C inside the second update dispatch (the block ending at environment step 400) saves the
+    state of step 300; resuming reaches the uninterrupted run's steps and updates, each row once; the
+    warm-up's random actions come from (seed, environment step) alone; a finished run extends to more
+    steps, its buffer grown."""
+    import functools
+
+    from tests.rl.toy_envs import CounterEnv
+
+    import flowsoc as fs
+    import flowsoc.rl.experts as experts
+    from flowsoc._logging import read_rows
+
+    run_dir = tmp_path / "run"
+    env = functools.partial(CounterEnv, length=7)
+    original, calls = experts.sac_updates, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(experts, "sac_updates", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _train_toy(env, run_dir, checkpoint_every=200)
+    meta, updates, _ = _checkpoint_buffer(run_dir, 400)
+    assert (meta["step"], meta["env_step"], updates) == (300, 300, 50)
+    assert [r["step"] for r in read_rows(run_dir)] == [100, 200, 300]
+    with pytest.raises(FileExistsError, match="--resume"):
+        _train_toy(env, run_dir)
+    agent, rows = _train_toy(env, run_dir, resume=True)
+    assert [r["step"] for r in rows] == [100, 200, 300, 400]
+    assert [r["updates"] for r in rows] == [0, 0, 50, 100] and int(agent.step) == 100
+    assert read_rows(run_dir) == rows  # metrics.jsonl: every block's row once, in order
+    assert len((run_dir / "train.csv").read_text().splitlines()) == 1 + 4
+    assert all(np.isfinite(r["critic_loss"]) for r in rows[2:]) and "critic_loss" not in rows[1]
+    # The warm-up (env steps 0-199, one action per policy call) from NumPy generators of (seed, block start).
+    meta, updates, buffer = _checkpoint_buffer(run_dir, 400)
+    assert (meta["step"], updates, int(buffer.size)) == (400, 100, 400)
+    warmup = np.concatenate([np.random.default_rng([0, s]).uniform(-1, 1, 100) for s in (0, 100)])
+    np.testing.assert_array_equal(np.asarray(buffer.data.actions[:200, 0]), warmup.astype(np.float32))
+    # A finished run extended to more steps: the buffer grows (400 -> 500 rows), the updates continue.
+    agent, rows = _train_toy(env, run_dir, steps=500, resume=True)
+    assert [r["step"] for r in rows] == [100, 200, 300, 400, 500] and int(agent.step) == 150
+    meta, _, buffer = _checkpoint_buffer(run_dir, 500)
+    assert (meta["step"], meta["capacity"], int(buffer.size)) == (500, 500, 500)
+    np.testing.assert_array_equal(np.asarray(buffer.data.actions[:200, 0]), warmup.astype(np.float32))
+    with pytest.raises(fs.CheckpointError, match=r"batch_size \(32 saved, 16 now\)"):
+        _train_toy(env, run_dir, steps=600, resume=True, batch_size=16)
+
+
+def test_non_finite_sac_losses_stop_expert_training_at_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from tests.rl.toy_envs import BanditEnv
+
+    import flowsoc as fs
+    import flowsoc.rl.experts as experts
+    from flowsoc._logging import read_rows
+
+    run_dir = tmp_path / "run"
+    original, calls = experts.sac_updates, []
+
+    def poisoned(*args, **kwargs):  # the second dispatch (the block ending at step 400) reports a NaN loss
+        agent, metrics = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            metrics = {**metrics, "critic_loss": metrics["critic_loss"].at[7].set(jnp.nan)}
+        return agent, metrics
+
+    monkeypatch.setattr(experts, "sac_updates", poisoned)
+    with pytest.raises(
+        fs.NonFiniteError,
+        match=r"non-finite critic_loss at environment step 400 \(updates 51-100\); training stopped and the last "
+        r"good state \(env step 300\) is saved in .*ckpt-0000000300",
+    ):
+        _train_toy(BanditEnv, run_dir, steps=400)
+    meta, updates, buffer = _checkpoint_buffer(run_dir, 400)
+    assert (meta["step"], updates, int(buffer.size)) == (300, 50, 300)
+    assert [r["step"] for r in read_rows(run_dir)] == [100, 200, 300]

@@ -134,8 +134,22 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(data, tmp_path):
     state = ckpt / "state.eqx"
     good = state.read_bytes()
     state.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="state.eqx cannot be read"):
+    with pytest.raises(CheckpointError, match="state.eqx does not match the checksum"):
         train_offline(agent, data, TRAIN, run_dir=tmp_path / "run", resume=True)
+    # another run's state.eqx of the same shape, swapped in: refused by the checksum too
+    foreign = train_offline(
+        TRQAM.create(jr.key(5), OBS, ACT, CONFIG), data, TRAIN.replace(steps=6), run_dir=tmp_path / "b"
+    )
+    state.write_bytes((latest_checkpoint(tmp_path / "b" / "checkpoint") / "state.eqx").read_bytes())
+    assert int(foreign.agent.step) == 6
+    with pytest.raises(CheckpointError, match="damaged or replaced"):
+        load_agent_checkpoint(ckpt, agent)
+    # a checkpoint without checksums (the earlier single-slot layout) is still checked by reading it
+    legacy = {k: v for k, v in meta.items() if k != "files"}
+    (ckpt / "meta.json").write_text(json.dumps(legacy))
+    state.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="state.eqx cannot be read"):
+        load_agent_checkpoint(ckpt, agent)
     state.write_bytes(good + b"junk")
     with pytest.raises(CheckpointError, match="trailing bytes"):
         load_agent_checkpoint(ckpt, agent)
@@ -143,14 +157,18 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(data, tmp_path):
     (ckpt / "meta.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="meta.json is corrupt"):
         load_agent_checkpoint(ckpt, agent)
-    (ckpt / "meta.json").write_text(json.dumps({**meta, "step": 3}))
+    (ckpt / "meta.json").write_text(json.dumps({**legacy, "step": 3}))
     with pytest.raises(CheckpointError, match="inconsistent"):
         load_agent_checkpoint(ckpt, agent)
     # a checkpoint of a network of another size
     bigger = TRQAM.create(jr.key(4), OBS, ACT, CONFIG.replace(actor_hidden=(9,)))
-    (ckpt / "meta.json").write_text(json.dumps(meta))
+    (ckpt / "meta.json").write_text(json.dumps(legacy))
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_agent_checkpoint(ckpt, bigger)
+    # the run is refused on another dataset of the same shapes
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"different settings: data\.sha256"):
+        train_offline(agent, make_data(jr.key(9)), TRAIN, run_dir=tmp_path / "run", resume=True)
 
 
 def test_non_finite_loss_stops_and_saves_last_good_state(tmp_path):
@@ -187,6 +205,13 @@ def test_load_transitions_rejects_nan_naming_field_and_row():
         load_transitions(data, "demo")
     data["rewards"][2] = 0
     assert load_transitions(data, "demo").size == 5
+
+
+def test_a_batch_larger_than_the_dataset_is_warned_about(data):
+    agent = QAM.create(jr.key(0), OBS, ACT, CONFIG)
+    config = TRAIN.replace(steps=3, batch_size=N + 1, eval_every=0, checkpoint_every=0)
+    with pytest.warns(UserWarning, match=f"batch size {N + 1} exceeds the dataset's {N} transitions"):
+        train_offline(agent, data, config)
 
 
 def test_train_config_validation():

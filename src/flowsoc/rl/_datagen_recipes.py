@@ -35,6 +35,9 @@ _GENERATABLE = ("cube", "scene", "puzzle", "pointmaze", "antmaze", "humanoidmaze
 EXPERT_DOMAINS = {"antmaze": "ant", "humanoidmaze": "humanoid"}
 """Maze domains whose data are rollouts of a locomotion expert, and which expert."""
 
+N_TASKS = 5
+"""Single-task datasets per domain: OGBench registers `-singletask-task1` ... `-task5` for every one."""
+
 # The task a bare `-singletask-` name stands for (OGBench's registration defaults).
 DEFAULT_TASK = {
     "cube": 2,
@@ -175,6 +178,7 @@ def parse_dataset_name(name: str) -> DatasetName:
     if visual:
         body = body[1:]
     task: int | None = None
+    bad_task: str | None = None  # a '-taskN' with N outside 1..5: refused once the domain is known
     oraclerep = False
     if "singletask" in body:
         pos = body.index("singletask")
@@ -184,9 +188,11 @@ def parse_dataset_name(name: str) -> DatasetName:
             task = 0  # resolved to the domain default below
         elif len(rest) == 1 and re.fullmatch(r"task[1-5]", rest[0]):
             task = int(rest[0][4:])
+        elif len(rest) == 1 and re.fullmatch(r"task[0-9]+", rest[0]):
+            bad_task, task = rest[0], 0
         else:
             raise UnknownDatasetError(
-                f"{name!r}: after 'singletask' only '-task1' ... '-task5' may follow. {SUPPORTED_HELP}"
+                f"{name!r}: after 'singletask' only '-task1' ... '-task{N_TASKS}' may follow. {SUPPORTED_HELP}"
             )
     elif body and body[-1] == "oraclerep":
         oraclerep = True
@@ -209,6 +215,13 @@ def parse_dataset_name(name: str) -> DatasetName:
     if task == 0:
         key = f"puzzle-{variant}" if f"puzzle-{variant}" in DEFAULT_TASK else domain
         task = DEFAULT_TASK.get(key, 1)
+    if bad_task is not None:
+        base = "-".join(tokens[: tokens.index("singletask")])
+        raise UnknownDatasetError(
+            f"{name!r}: there is no {bad_task}: every OGBench single-task dataset has tasks 1 to {N_TASKS} "
+            f"({base}-singletask-task1-v0 ... -task{N_TASKS}-v0, or {base}-singletask-v0 for the default, "
+            f"task{task})."
+        )
     prefix = ["visual"] if visual else []
     family = prefix + [t for t in (domain, variant) if t]
     return DatasetName(

@@ -302,6 +302,23 @@ def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
     raise RuntimeError(f"episode {episode}: 1000 unhealthy scene rollouts in a row")
 
 
+def exit_with_parent(parent: int, interval: float = 0.2) -> None:
+    """`multiprocessing.Pool` initializer: end this worker as soon as process `parent` (the generator) is
+    gone. Pool workers are daemons, which their parent ends when it exits normally, but a parent killed
+    outright (kill -9, the OOM killer) ends nothing: its workers would run on until their episode is done.
+    A daemon thread polls the parent process id (portable, unlike Linux's `PR_SET_PDEATHSIG`) and exits the
+    process without cleanup (`os._exit`) once the worker has been re-parented."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def worker_episode(
     args: tuple[RolloutConfig, int],
 ) -> tuple[int, dict[str, np.ndarray]]:

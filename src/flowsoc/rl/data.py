@@ -22,7 +22,6 @@ The pipeline:
 import dataclasses
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -44,13 +43,23 @@ from ._datagen_recipes import (
     UnknownDatasetError,
     UnsupportedDatasetError,
 )
-from ._dataset_files import data_dir as resolve_data_dir, DATA_DIR_ENV, generate_command
+from ._dataset_files import (
+    check_cached,
+    data_dir as resolve_data_dir,
+    DATA_DIR_ENV,
+    data_dir_source,
+    DatasetMismatchError,
+    directory_problem,
+    generate_command,
+    temporary_path,
+)
 
 
 __all__ = [
     "DATA_DIR_ENV",
     "ChunkBatch",
     "DatasetError",
+    "DatasetMismatchError",
     "DatasetNotFoundError",
     "ReplayBuffer",
     "Transitions",
@@ -111,19 +120,31 @@ def resolve_dataset(
     episodes: int | None = None,
     episode_length: int | None = None,
     workers: int = 1,
-    seed: int = 0,
+    seed: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Find dataset `name`'s files, generating them first if asked (with a progress bar unless
     `progress=False`); return the training file path (its `-val.npz` lies beside it).
 
+    `episodes`, `episode_length` and `seed` (`None`: the official counts, seed 0) say what to generate, and
+    what files already present must hold: a present dataset of another episode count, episode length or
+    seed raises `DatasetMismatchError` (never used or overwritten silently; its message says how to
+    regenerate).
+
     Raises `DatasetNotFoundError` (with the generation command) when the files are absent
-    and `generate` is off, `DatasetError` when only one of the pair exists, and
+    and `generate` is off, `DatasetError` when only one of the pair exists or the data
+    directory is not a usable directory, and
     `UnsupportedDatasetError` when generation is asked for a dataset that cannot be made
     here (humanoidmaze without a humanoid expert, antsoccer, visual datasets).
     """
     parsed = parse_dataset_name(name)
     train, val = dataset_paths(name, data_dir)
+    problem = directory_problem(train.parent)
+    if problem is not None:
+        raise DatasetError(
+            f"data directory: {problem} (from {data_dir_source(data_dir)}); give a directory for the dataset "
+            "files (it is created if missing)."
+        )
     if train.exists() and not val.exists():
         raise DatasetError(
             f"{val}: the validation file is missing (OGBench's loader needs both "
@@ -137,6 +158,15 @@ def resolve_dataset(
             f"--data-dir {train.parent} --overwrite"
         )
     if train.exists():
+        requested = dict(episodes=episodes, episode_length=episode_length, seed=seed)
+        again = [f"--{k.replace('_', '-')} {v}" for k, v in requested.items() if v is not None]
+        check_cached(
+            train,
+            requested,
+            f"To regenerate it, delete {train.name}, {val.name} and {train.stem}.json from {train.parent} (or "
+            f"pass another --data-dir), or overwrite them: {generate_command(parsed.file_stem)} {' '.join(again)} "
+            f"--data-dir {train.parent} --overwrite",
+        )
         _warn_if_made_by_an_older_expert(train)
         return train
     if not generate:
@@ -349,6 +379,7 @@ def load_ogbench(
     except _READ_ERRORS as e:  # pragma: no cover - validate_dataset_file reads it first
         raise DatasetError(f"{train_path}: OGBench's loader failed: {e}") from e
     expected = env.observation_space.shape
+    action_shape = getattr(env.action_space, "shape", None)
     for path, data in ((train_path, train), (val_path, val)):
         got = data["observations"].shape[1:]
         if tuple(got) != tuple(expected):
@@ -356,6 +387,13 @@ def load_ogbench(
                 f"{path}: observations have shape {tuple(got)} per step but "
                 f"{parsed.env_id} produces {tuple(expected)}; the file belongs to another "
                 f"environment. {_regen_hint(path)}"
+            )
+        got = data["actions"].shape[1:]
+        if action_shape is not None and tuple(got) != tuple(action_shape):
+            width = lambda shape: f"{shape[0]}-dimensional" if len(shape) == 1 else f"shape {tuple(shape)}"  # noqa: E731
+            raise DatasetError(
+                f"{path}: actions are {width(got)} but {parsed.env_id} takes {width(action_shape)} actions; "
+                f"the file belongs to another environment. {_regen_hint(path)}"
             )
     use_sparse = parsed.sparse_default if sparse is None else sparse
     for data in (train, val):
@@ -607,7 +645,9 @@ def save_replay_buffer(path: str | os.PathLike, buffer: ReplayBuffer) -> Path:
         obs_shape=np.asarray(buffer.data.observations.shape[1:], np.int64),
         action_dim=np.asarray(buffer.data.actions.shape[-1], np.int64),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not `tempfile.mkstemp`, whose 0600 mode the rename would keep: the file follows the umask (0644 under 022).
+    tmp = temporary_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TYPE_CHECKING
@@ -45,10 +45,18 @@ from ._datagen_recipes import (
 )
 from ._datagen_rollout import GOALS_KEY, rollout_episode, RolloutConfig, worker_episode
 from ._dataset_files import (
+    check_cached,
     data_dir as data_dir,
     DATA_DIR_ENV as DATA_DIR_ENV,
+    data_dir_source,
+    dataset_contents,
     DEFAULT_DATA_DIR as DEFAULT_DATA_DIR,
+    describe_contents,
+    directory_problem,
     generate_command as generate_command,
+    record_path,
+    remove_stale_temporaries,
+    temporary_path,
 )
 
 
@@ -82,8 +90,8 @@ class GenerateOptions:
     """
     workers: int = 1
     """Worker processes (MuJoCo is single-threaded; use about one per core)."""
-    seed: int = 0
-    """Base seed; episode i uses a seed derived from (seed, i) only."""
+    seed: int | None = None
+    """Base seed, a non-negative integer (default 0); episode i uses a seed derived from (seed, i) only."""
     data_dir: str | None = None
     """Output directory (default: $FLOWSOC_DATA_DIR or ~/.ogbench/data)."""
     out: str | None = None
@@ -104,9 +112,68 @@ class GenerateOptions:
     ant expert shipped with flowsoc).
     """
     overwrite: bool = False
-    """Regenerate even if both files already exist."""
+    """Regenerate even if both files already exist (without it, files that hold other data than the numbers
+    given here are refused)."""
     progress: bool = True
     """Show a progress bar."""
+
+
+class OptionError(ValueError):
+    """An option of `GenerateOptions` is out of range or contradicts another; the message names the
+    command-line flag (`--workers`) and what to give instead."""
+
+
+MIN_EPISODE_LENGTH = 2
+"""An episode of L env steps holds L - 1 transitions (OGBench's loader drops each episode's last state, which
+only serves as the previous transition's next observation): 2 steps hold one."""
+
+
+def check_options(options: GenerateOptions) -> None:
+    """Refuse out-of-range or contradictory options before any work, with an `OptionError` naming the flag
+    as typed on the command line (`--workers must be at least 1, got 0 ...`)."""
+
+    def at_least(flag: str, value: int | None, low: int, what: str) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise OptionError(f"{flag} must be an integer of at least {low}, got {value!r}: {what}.")
+
+    cores = os.cpu_count() or 1
+    at_least("--workers", options.workers, 1, f"the number of worker processes (about one per core; {cores} here)")
+    at_least("--episodes", options.episodes, 1, "the number of training episodes (omit it for OGBench's count)")
+    at_least("--val-episodes", options.val_episodes, 1, "the number of validation episodes (omit it for 10%)")
+    at_least(
+        "--episode-length",
+        options.episode_length,
+        MIN_EPISODE_LENGTH,
+        f"env steps per episode; an episode of L steps holds L - 1 transitions, so {MIN_EPISODE_LENGTH} is the "
+        "shortest that holds one (omit it for OGBench's length)",
+    )
+    at_least("--seed", options.seed, 0, "episode seeds are derived from it (numpy SeedSequence takes no sign)")
+    for flag, value, high in (("--noise", options.noise, math.inf), ("--p-random-action", options.p_random_action, 1)):
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= high and math.isfinite(value)):
+            bound = "a probability in [0, 1]" if high == 1 else "a finite number >= 0"
+            raise OptionError(f"{flag} must be {bound}, got {value!r}.")
+    if options.out is not None:
+        if options.data_dir is not None:
+            raise OptionError(
+                f"--out ({options.out}) and --data-dir ({options.data_dir}) both say where to write: --out names "
+                "the training file itself; give one of them."
+            )
+        out = Path(options.out).expanduser()
+        if out.suffix != ".npz" or out.name == ".npz":
+            raise OptionError(
+                f"--out must be a file name ending in .npz, got {options.out!r}: the training file "
+                "(NAME.npz; NAME-val.npz and NAME.json are written beside it)."
+            )
+        if out.is_dir():
+            raise OptionError(f"--out {options.out} is an existing directory; give a file path ending in .npz.")
+        problem = directory_problem(out.parent)
+        if problem is not None:
+            raise OptionError(f"--out {options.out}: {problem}; give a path in a writable directory.")
+    else:
+        problem = directory_problem(data_dir(options.data_dir))
+        if problem is not None:
+            source = data_dir_source(options.data_dir)
+            raise OptionError(f"{source}: {problem}; give a writable directory (it is created if missing).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +194,7 @@ def output_paths(options: GenerateOptions) -> tuple[Path, Path]:
     if options.out is not None:
         train = Path(options.out).expanduser()
         if train.suffix != ".npz":
-            raise ValueError(f"--out must end in .npz, got {options.out!r}")
+            raise OptionError(f"--out must be a file name ending in .npz, got {options.out!r}.")
     else:
         train = data_dir(options.data_dir) / f"{parsed.file_stem}.npz"
     return train, train.with_name(train.name[: -len(".npz")] + "-val.npz")
@@ -138,25 +205,33 @@ def rollout_config(
 ) -> tuple[DatasetName, RolloutConfig, int, int]:
     """
     Resolve defaults: `(parsed name, per-episode config, train episodes, val episodes)`.
+
+    Raises `OptionError` (see `check_options`) for bad numbers, and for options that do not apply to the
+    dataset (`--expert` outside antmaze / humanoidmaze, `--p-random-action` on a maze).
     """
+    check_options(options)
     parsed = parse_dataset_name(options.env)
     require_generatable(parsed, options.expert)
+    if options.expert is not None and parsed.domain not in EXPERT_DOMAINS:
+        raise OptionError(
+            f"--expert applies to antmaze and humanoidmaze only (their data are rollouts of a locomotion expert); "
+            f"{parsed.file_stem} is generated by OGBench's scripted oracles: drop --expert."
+        )
+    if options.p_random_action and "maze" in parsed.domain:
+        raise OptionError(
+            f"--p-random-action applies to manipulation datasets only; {parsed.file_stem}'s randomness is its "
+            "action noise: use --noise (the noise's standard deviation) instead."
+        )
     recipe = official_recipe(parsed)
     episodes = recipe.episodes if options.episodes is None else options.episodes
     val = max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
     length = recipe.episode_length if options.episode_length is None else options.episode_length
-    if episodes < 1 or val < 1 or length < 2 or options.workers < 1:
-        raise ValueError(
-            "need episodes >= 1, val_episodes >= 1, episode_length >= 2, workers >= "
-            "1; got "
-            f"{episodes}, {val}, {length}, {options.workers}"
-        )
     cfg = RolloutConfig(
         env_id=parsed.env_id,
         domain=parsed.domain,
         variant=parsed.variant,
         dataset_type=parsed.dataset_type,
-        seed=options.seed,
+        seed=0 if options.seed is None else options.seed,
         episode_length=length,
         p_random_action=recipe.p_random_action if options.p_random_action is None else options.p_random_action,
         noise=recipe.noise if options.noise is None else options.noise,
@@ -188,8 +263,12 @@ def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str
         return
     import multiprocessing
 
+    from ._datagen_rollout import exit_with_parent
+
     ctx = multiprocessing.get_context(_start_method())
-    with ctx.Pool(min(workers, total)) as pool:
+    # Pool workers are daemons (ended when this process exits normally); `exit_with_parent` also ends them
+    # when it is killed outright (kill -9), instead of leaving them to finish their episode.
+    with ctx.Pool(min(workers, total), initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j) for j in range(total)))):
             assert episode == i
             yield arrays
@@ -215,9 +294,11 @@ def atomic_savez(path: Path, arrays: Mapping[str, Any]) -> None:
     `np.savez_compressed` to a temporary file in the same directory, then `os.replace`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
+    tmp = temporary_path(path)  # `.NAME.PID.RANDOM.tmp.npz`: a killed writer's leftover is recognised by its PID
     try:
-        with open(tmp, "wb") as f:
+        # Created with mode 0666 less the umask (0644 under 022), as `open` does; unlike `tempfile.mkstemp`'s
+        # 0600, which the rename would keep.
+        with open(tmp, "xb") as f:
             np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -235,7 +316,24 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
     """
     parsed, cfg, n_train, n_val = rollout_config(options)
     train_path, val_path = output_paths(options)
+    meta_path = record_path(train_path)
+    # A generator killed mid-write (kill -9) leaves its temporary files; remove those of dead writers.
+    remove_stale_temporaries(train_path, val_path, meta_path)
     if not options.overwrite and train_path.exists() and val_path.exists():
+        requested = dict(
+            episodes=options.episodes,
+            val_episodes=options.val_episodes,
+            episode_length=options.episode_length,
+            seed=options.seed,
+            noise=options.noise,
+            p_random_action=options.p_random_action,
+        )
+        where = f"--out {options.out}" if options.out is not None else f"--data-dir {train_path.parent}"
+        check_cached(
+            train_path,
+            requested,
+            f"Pass --overwrite to regenerate it, or write elsewhere (another --data-dir or --out) instead of {where}.",
+        )
         return GeneratedDataset(train_path, val_path, 0, 0, 0.0, skipped=True)
 
     from tqdm.auto import tqdm
@@ -275,10 +373,13 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         seconds=round(seconds, 2),
         versions=_versions(),
     )
-    meta_path = train_path.with_name(train_path.name[: -len(".npz")] + ".json")
-    tmp = meta_path.with_name(f".{meta_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_path)
+    tmp = temporary_path(meta_path)
+    try:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(tmp, meta_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return GeneratedDataset(
         train_path,
         val_path,
@@ -373,11 +474,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         result = generate(options)
-    except (DatasetError, ExpertError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OptionError, DatasetError, ExpertError) as e:  # usage: a bad flag, dataset name or expert file
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system failed us (disk full, permissions changed mid-run)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
     if result.skipped:
-        print(f"{result.train_path} and {result.val_path.name} exist; nothing to do (--overwrite to regenerate).")
+        held = describe_contents(dataset_contents(result.train_path))
+        print(
+            f"{result.train_path} ({held}) and {result.val_path.name} exist; nothing to do (--overwrite to regenerate)."
+        )
     else:
         steps = result.train_steps + result.val_steps
         print(
@@ -387,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
             f"({steps / max(result.seconds, 1e-9):.0f} steps/s)"
         )
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
+from .._checkpoint import latest_checkpoint, read_meta, write_text
 from .agents import BAM, QAM, TRQAM
 from .config import AgentConfig, SMALL_NETWORKS
 from .envs import OGBenchEnvFactory
@@ -217,12 +218,24 @@ def pretrained_flow(p: Plan, data, resume: bool = False):
 def _resuming(p: Plan, args: OfflineArgs) -> bool:
     """Whether `--resume` continues a fine-tuning checkpoint; `False` when the run stopped during its BC
     pre-training (fine-tuning then starts from the pre-trained flow), an error when there is nothing at all."""
-    if not args.resume or (p.run_dir / "checkpoint" / "meta.json").exists():
+    if not args.resume or latest_checkpoint(p.run_dir / "checkpoint") is not None:
         return args.resume
-    if p.bc_dir is not None and (p.bc_dir / "checkpoint" / "meta.json").exists():
+    bc = None if p.bc_dir is None else latest_checkpoint(p.bc_dir / "checkpoint")
+    if bc is not None and (p.run_dir.exists() or read_meta(bc)["step"] < p.pretrain.steps):
         print(f"no fine-tuning checkpoint in {p.run_dir} yet: continuing from the BC pre-training in {p.bc_dir}")
         return False
+    if not p.run_dir.exists():  # a mistyped --run-dir must not start a new run from zero
+        raise ValueError(
+            f"--resume: there is no run in {p.run_dir} (the directory does not exist); check --run-dir, or start "
+            "without --resume."
+        )
     return True  # train_offline names the missing checkpoint
+
+
+def _write_results(run_dir: pathlib.Path, summary: dict, table: str) -> None:
+    """`summary.json` and `results.txt`, each written atomically (a crash leaves the old file or the new one)."""
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    write_text(run_dir / "results.txt", table + "\n")
 
 
 def results_table(result: TrainResult, agent_name: str) -> str:
@@ -343,16 +356,16 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         "bc_checkpoint": None if p.bc_dir is None else str(p.bc_dir),
         "provenance": provenance(started),
     }
-    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (p.run_dir / "results.txt").write_text(table + "\n")
+    _write_results(p.run_dir, summary, table)
     print(f"figure: {p.run_dir / 'learning_curve.png'}")
     return result
 
 
 def run_cli(args_type: type, run, argv: list[str] | None = None) -> int:
     """The examples' `main`: parse `argv` into the dataclass `args_type` with tyro (`--help` lists its
-    fields) and call `run(args)`. Bad settings, dataset, checkpoint and NaN failures print one line
-    `error: ...` and return 1; success returns 0."""
+    fields) and call `run(args)`. Each failure prints one line `error: ...` without a traceback: bad
+    settings (a usage error) return 2; a dataset, checkpoint, file-system or NaN failure returns 1; Ctrl-C
+    (after the run saved its state and said so) returns 130. Success returns 0."""
     import sys
 
     import tyro
@@ -363,9 +376,14 @@ def run_cli(args_type: type, run, argv: list[str] | None = None) -> int:
     args = tyro.cli(args_type, args=argv)
     try:
         run(args)
-    except (DatasetError, CheckpointError, NonFiniteLossError, FileExistsError, ValueError) as err:
+    except KeyboardInterrupt:
+        return 130
+    except (DatasetError, CheckpointError, NonFiniteLossError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -462,8 +480,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
         "provenance": provenance(started),
     }
     if jax.process_index() == 0:
-        (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        (p.run_dir / "results.txt").write_text(table + "\n")
+        _write_results(p.run_dir, summary, table)
     print(f"figure: {p.run_dir / 'learning_curve.png'}")
     return result
 
@@ -637,7 +654,6 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
         "online_config": dataclasses.asdict(online),
         "provenance": provenance(started),
     }
-    (p.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (p.run_dir / "results.txt").write_text(table + "\n")
+    _write_results(p.run_dir, summary, table)
     print(f"figure: {p.run_dir / 'learning_curve.png'}")
     return result

@@ -9,30 +9,42 @@ by SAC (`flowsoc.rl.sac`), following upstream's protocol (`data_gen_scripts/main
   with one update every 4, 3x1024 LayerNorm critics and the mean of the two critics (many hours: run
   it as a background job).
 
-Environment steps and updates alternate in blocks (`steps_per_dispatch` steps, then as many
-updates fused into one compiled scan). The result is a directory with `actor.npz` (the policy
-the dataset generator loads, see `load_expert`), `expert.eqx` (the whole SAC state),
-`expert.json` (how it was trained and its evaluation return) and `train.jsonl` (one row per
-block).
+Training runs in `flowsoc.drive` (`SACTrainer`): environment steps and updates alternate in blocks
+(`steps_per_dispatch` steps, then as many updates fused into one compiled scan), one metric row per
+block goes to `metrics.jsonl` / `train.csv`, a non-finite loss stops the run naming the environment
+step, and `checkpoint/ckpt-<env step>/` (the newest two) holds the agent, the whole replay buffer and
+the counters, written every `checkpoint_every` steps, at the end and on Ctrl-C. `--resume` continues a
+stopped run from its newest checkpoint, or extends a finished one to more `--steps` (the episodes
+running at the checkpoint end there; the warm-up's random actions are drawn from the seed and the
+environment step, so they need no saved generator).
+
+The result is a directory with `actor.npz` (the policy the dataset generator loads, see
+`load_expert`), `expert.eqx` (the whole SAC state), `expert.json` (how it was trained and its
+evaluation return), `training.png`, the metric rows and the `checkpoint/` folder.
 
     python -m flowsoc.rl.experts --expert ant --out experts/ant
+    python -m flowsoc.rl.experts --expert ant --out experts/ant --resume   # after a Ctrl-C
 """
 
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from .._checkpoint import save_tree
+from .._checkpoint import CheckpointError, latest_checkpoint, read_meta, save_tree
+from .._driver import AbstractProgressMeter, AbstractTrainer, Block, drive, Saved
+from .._logging import read_rows
 from ._expert_actor import ExpertError, file_sha256, load_expert, NumpyActor, SHIPPED, subgoal_direction
-from .data import append_transitions, ReplayBuffer, Transitions
+from .data import add_transitions, ReplayBuffer, Transitions
 from .envs import InProcessEnvs
 from .online import Collector
 from .sac import SAC, sac_updates, SACConfig
@@ -45,7 +57,7 @@ class ExpertArgs:
     expert: Literal["ant", "humanoid"] = "ant"
     """Which expert: the ant (antmaze) or the humanoid (humanoidmaze)."""
     out: str = "experts/ant"
-    """Output directory (actor.npz, expert.eqx, expert.json, train.jsonl)."""
+    """Output directory (actor.npz, expert.eqx, expert.json, training.png, metrics.jsonl, train.csv, checkpoint/)."""
     steps: int | None = None
     """Environment steps (default: 400,000 for the ant, 40,000,000 for the humanoid)."""
     seed_steps: int = 10_000
@@ -60,8 +72,11 @@ class ExpertArgs:
     """Episodes of the deterministic policy evaluated at the end."""
     seed: int = 0
     """Seed of the networks, the actions and the resets."""
-    snapshot_every: int = 50_000
-    """Save the agent to `snapshot.eqx` every this many environment steps while training."""
+    checkpoint_every: int = 50_000
+    """Write a checkpoint (agent, replay buffer, counters) to `out/checkpoint/` every this many environment
+    steps; 0: only at the end and on Ctrl-C."""
+    resume: bool = False
+    """Continue a stopped training from out/checkpoint (or extend a finished one to more --steps)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -86,6 +101,180 @@ def expert_config(expert: str) -> SACConfig:
     return SACConfig()
 
 
+_append = eqx.filter_jit(add_transitions, donate="all-except-first")
+"""`add_transitions` compiled, the buffer not donated: the driver keeps the state a block started from
+(saved on Ctrl-C or a non-finite block), so a block must not write into its buffer."""
+
+
+def _grow(buffer: ReplayBuffer, capacity: int) -> ReplayBuffer:
+    """`buffer`'s transitions, oldest first, in a buffer of `capacity` rows (when more than its own)."""
+    if capacity <= buffer.capacity:
+        return buffer
+    size, pointer = int(buffer.size), int(buffer.pointer)
+    order = np.arange(size) if size < buffer.capacity else (pointer + np.arange(size)) % buffer.capacity
+    return ReplayBuffer.from_transitions(jax.tree.map(lambda x: x[order], buffer.data), capacity)
+
+
+class SACState(NamedTuple):
+    """SAC expert training between two blocks (host side): the agent, the replay buffer, the environment
+    steps done, the collector's counters, the returns of the last (up to 20) training episodes and the
+    training time so far."""
+
+    agent: SAC
+    buffer: ReplayBuffer
+    env_step: int
+    episodes_started: int
+    policy_calls: int
+    recent: tuple[float, ...] = ()
+    wall_s: float = 0.0
+
+
+SAC_KEYS = (
+    "sac_config",
+    "obs_dim",
+    "action_dim",
+    "seed_steps",
+    "update_every",
+    "batch_size",
+    "steps_per_dispatch",
+    "seed",
+)
+"""What a resumed expert training must share with its checkpoint (not `steps`: a finished run can be extended)."""
+
+
+class SACTrainer(AbstractTrainer):
+    """Blocks of acting and updating, for `flowsoc.drive`: each block collects `n` environment steps
+    (uniformly random actions while the block starts within the first `seed_steps`, else actions
+    sampled from the actor), adds them to the replay buffer, then, once past `seed_steps`, runs
+    `n // update_every` SAC updates fused into one scan. The position is the environment step.
+    `log(agent, row)` is called after every clean block."""
+
+    unit = "env step"
+    desc = "SAC"
+    identity_keys = SAC_KEYS
+
+    def __init__(
+        self,
+        collector: Collector,
+        config: SACConfig,
+        *,
+        obs_dim: int,
+        action_dim: int,
+        capacity: int,
+        seed_steps: int,
+        update_every: int,
+        batch_size: int,
+        steps_per_dispatch: int,
+        seed: int,
+        log: Callable[[SAC, dict], None] | None = None,
+    ):
+        self.collector, self.config, self.capacity, self.log = collector, config, capacity, log
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.seed_steps, self.update_every, self.batch_size = seed_steps, update_every, batch_size
+        self.steps_per_dispatch, self.seed = steps_per_dispatch, seed
+        self.started = time.monotonic()
+        self.wall_before = 0.0  # training time of the runs before a resume
+        act_key = jr.key(seed + 1)
+
+        @jax.jit
+        def act(actor, obs, i):  # one chunk of one action per environment, from the actor alone
+            return jax.vmap(actor.sample)(obs, jr.split(jr.fold_in(act_key, i), obs.shape[0]))[0][:, None]
+
+        self._act = act
+
+    def position(self, state):
+        return state.env_step
+
+    def _policy(self, state):
+        if state.env_step < self.seed_steps:
+            # from the seed and the block's first environment step: reproducible after a resume
+            rng = np.random.default_rng([self.seed, state.env_step])
+            return lambda obs, i: rng.uniform(-1, 1, (len(obs), 1, self.action_dim))
+        actor = state.agent.nets.actor
+        return lambda obs, i: np.asarray(self._act(actor, np.asarray(obs, np.float32), i))
+
+    def block(self, state, n):
+        collector = self.collector
+        collector.episodes_started, collector.policy_calls = state.episodes_started, state.policy_calls
+        data, finished = collector.collect(self._policy(state), n)
+        buffer = _append(state.buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
+        env_step = state.env_step + n
+        agent = state.agent
+        row: dict[str, Any] = {"kind": "train", "step": env_step, "updates": int(agent.step)}
+        if env_step > self.seed_steps:
+            updates = n // self.update_every
+            agent, metrics = sac_updates(agent, buffer, updates, self.batch_size)
+            metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+            bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
+            if bad:
+                first = int(state.agent.step)
+                return Block(
+                    state,
+                    [],
+                    f"{', '.join(bad)} at environment step {env_step} (updates {first + 1}-{first + updates})",
+                )
+            row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+            row["updates"] = int(agent.step)
+        recent = (state.recent + tuple(ep["return"] for ep in finished))[-20:]
+        if recent:
+            row["return"] = float(np.mean(recent))
+        wall_s = round(self.wall_before + time.monotonic() - self.started, 1)
+        row["wall_s"] = wall_s
+        new = SACState(agent, buffer, env_step, collector.episodes_started, collector.policy_calls, recent, wall_s)
+        if self.log is not None:
+            self.log(agent, row)
+        return Block(new, [row])
+
+    def identity(self):
+        return {
+            "trainer": "sac_expert",
+            "sac_config": dataclasses.asdict(self.config),
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "seed_steps": self.seed_steps,
+            "update_every": self.update_every,
+            "batch_size": self.batch_size,
+            "steps_per_dispatch": self.steps_per_dispatch,
+            "seed": self.seed,
+        }
+
+    def save(self, state):
+        meta = {
+            "env_step": state.env_step,
+            "capacity": state.buffer.capacity,
+            # the collector's own counters: at a Ctrl-C inside a block they are ahead of the state's, and
+            # the resumed run must not reuse the seeds of the episodes that block started
+            "episodes_started": max(state.episodes_started, self.collector.episodes_started),
+            "policy_calls": max(state.policy_calls, self.collector.policy_calls),
+            "recent_returns": list(state.recent),
+            "wall_s": state.wall_s,
+        }
+        return Saved((state.agent, state.buffer), meta)
+
+    def restore(self, tree, meta, folder, state):
+        agent, buffer = tree
+        env_step = int(meta["env_step"])
+        if int(buffer.size) != min(env_step, buffer.capacity):
+            raise CheckpointError(
+                f"The checkpoint in {folder} is inconsistent: {env_step} environment steps but {int(buffer.size)} "
+                "transitions in its replay buffer."
+            )
+        self.wall_before = float(meta.get("wall_s", 0.0))
+        self.started = time.monotonic()
+        return SACState(
+            agent,
+            _grow(buffer, self.capacity),  # a run extended to more steps gets the larger buffer
+            env_step,
+            int(meta["episodes_started"]),
+            int(meta["policy_calls"]),
+            tuple(float(r) for r in meta.get("recent_returns", ())),
+            self.wall_before,
+        )
+
+    def postfix(self, row, last_eval):
+        return {k: f"{row[k]:.3g}" for k in ("return", "critic_loss", "alpha") if k in row}
+
+
 def train_expert(
     env_factory: Callable[[], Any],
     config: SACConfig,
@@ -96,67 +285,68 @@ def train_expert(
     batch_size: int = 256,
     steps_per_dispatch: int = 1000,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | AbstractProgressMeter = True,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
     log: Callable[[SAC, dict], None] | None = None,
 ) -> tuple[SAC, list[dict]]:
     """SAC in the environments of `env_factory` for `steps` environment steps (random actions for
-    the first `seed_steps`, then one update per `update_every` steps, from a replay buffer of every
-    transition). Returns the agent and one row of metrics per block; `log(agent, row)` is called
-    after every block."""
+    the first `seed_steps`, then one update per `update_every` steps, from a replay buffer of the last
+    `min(steps, 1M)` transitions), in `flowsoc.drive` (`SACTrainer`).
+
+    With `run_dir`, the rows go to `run_dir/metrics.jsonl` and `train.csv` and checkpoints to
+    `run_dir/checkpoint/` every `checkpoint_every` environment steps (0: only at the end and on Ctrl-C);
+    `resume=True` continues from the newest one (a finished run to more `steps`). A non-finite loss
+    raises `flowsoc.NonFiniteError` naming the environment step, the last good state saved. Returns the
+    agent and one row of metrics per block (the rows before a resume included); `log(agent, row)` is
+    called after every block."""
     if steps % steps_per_dispatch or steps_per_dispatch % update_every:
         raise ValueError(
             f"steps={steps} must be a multiple of steps_per_dispatch={steps_per_dispatch}, itself a multiple of "
             f"update_every={update_every}."
         )
-    runner = InProcessEnvs(env_factory, 1)
-    env = runner.envs[0]
-    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    agent = SAC.create(jr.key(seed), obs_dim, action_dim, config)
+    directory = None if run_dir is None else pathlib.Path(run_dir)
     capacity = min(steps, 1_000_000)  # upstream's buffer: the last 1M transitions
-    buffer = ReplayBuffer.empty(capacity, (obs_dim,), action_dim)
-    act_key = jr.key(seed + 1)
-
-    @jax.jit
-    def act(actor, obs, i):  # one chunk of one action per environment, from the actor alone
-        return jax.vmap(actor.sample)(obs, jr.split(jr.fold_in(act_key, i), obs.shape[0]))[0][:, None]
-
-    rng = np.random.default_rng(seed)
-    collector = Collector(runner, seed)
-    rows: list[dict] = []
-    recent: list[float] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, disable=not progress, unit="step", dynamic_ncols=True)
-    done = 0
+    stored = capacity  # the buffer size of the checkpoint to resume (it is read into that shape)
+    if resume and directory is not None and (folder := latest_checkpoint(directory / "checkpoint")) is not None:
+        try:
+            stored = int(read_meta(folder).get("capacity", capacity))
+        except CheckpointError:
+            pass  # the driver falls back to the previous checkpoint or names the problem
+    runner = InProcessEnvs(env_factory, 1)
     try:
-        while done < steps:
-            if done < seed_steps:
-                policy = lambda obs, i: rng.uniform(-1, 1, (len(obs), 1, action_dim))  # noqa: E731
-            else:
-                actor = agent.nets.actor
-                policy = lambda obs, i: np.asarray(act(actor, np.asarray(obs, np.float32), i))  # noqa: E731
-            data, finished = collector.collect(policy, steps_per_dispatch)
-            buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in data.items()}))
-            done += steps_per_dispatch
-            row: dict[str, Any] = {"step": done, "updates": int(agent.step)}
-            if done > seed_steps:
-                agent, metrics = sac_updates(agent, buffer, steps_per_dispatch // update_every, batch_size)
-                row.update({k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()})
-                if not all(np.isfinite(v) for v in row.values()):
-                    raise FloatingPointError(f"SAC produced non-finite metrics at step {done}: {row}")
-                row["updates"] = int(agent.step)
-            recent = (recent + [ep["return"] for ep in finished])[-20:]
-            if recent:
-                row["return"] = float(np.mean(recent))
-            rows.append(row)
-            if log is not None:
-                log(agent, row)
-            bar.update(steps_per_dispatch)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("return", "critic_loss", "alpha") if k in row}, refresh=False)
+        env = runner.envs[0]
+        obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        agent = SAC.create(jr.key(seed), obs_dim, action_dim, config)
+        state = SACState(agent, ReplayBuffer.empty(stored, (obs_dim,), action_dim), 0, 0, 0)
+        trainer = SACTrainer(
+            Collector(runner, seed),
+            config,
+            obs_dim=obs_dim,
+            action_dim=action_dim,
+            capacity=capacity,
+            seed_steps=seed_steps,
+            update_every=update_every,
+            batch_size=batch_size,
+            steps_per_dispatch=steps_per_dispatch,
+            seed=seed,
+            log=log,
+        )
+        result = drive(
+            trainer,
+            state,
+            total=steps,
+            block_size=steps_per_dispatch,
+            run_dir=directory,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            resume_flag="--resume",
+        )
     finally:
-        bar.close()
         runner.close()
-    return agent, rows
+    return result.state.agent, result.rows
 
 
 def evaluate_expert(agent: SAC, env_factory: Callable[[], Any], episodes: int, seed: int = 0) -> dict[str, float]:
@@ -258,15 +448,19 @@ def export_actor(agent: SAC, path: str | pathlib.Path) -> NumpyActor:
 
 
 def plot_training(out: str | pathlib.Path, path: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Plot `out/train.jsonl`: the training episodes' return and the temperature α against environment
-    steps, into `path` (default `out/training.png`)."""
+    """Plot the training rows of `out/metrics.jsonl` (or `out/train.jsonl`, written by earlier versions): the
+    training episodes' return and the temperature α against environment steps, into `path` (default
+    `out/training.png`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = pathlib.Path(out)
-    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines() if line.strip()]
+    if (out / "metrics.jsonl").exists():
+        rows = [r for r in read_rows(out) if r.get("kind") == "train"]
+    else:
+        rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines() if line.strip()]
     path = pathlib.Path(path) if path is not None else out / "training.png"
     fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(10, 3.4))
     ax_r.plot([r["step"] for r in rows if "return" in r], [r["return"] for r in rows if "return" in r])
@@ -316,47 +510,38 @@ def finalize_expert(
 
 
 def main(args: ExpertArgs) -> pathlib.Path:
-    """Train, evaluate and save the expert described by `args`. `train.jsonl` gets one row per block
-    and `snapshot.eqx` the agent every `snapshot_every` steps while it trains."""
+    """Train, evaluate and save the expert described by `args`. The metric rows (one per block) go to
+    `out/metrics.jsonl` and `out/train.csv`, checkpoints to `out/checkpoint/` every `checkpoint_every`
+    steps (kept at the end: `--resume` with more `--steps` extends the training)."""
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = args.steps or (400_000 if args.expert == "ant" else 40_000_000)
     update_every = args.update_every or (1 if args.expert == "ant" else 4)
     config = expert_config(args.expert)
     factory = lambda: make_xy_env(args.expert)  # noqa: E731
-    started = time.time()
-    log_file = (out / "train.jsonl").open("w")
-
-    def log(agent: SAC, row: dict) -> None:
-        log_file.write(json.dumps({**row, "wall_s": round(time.time() - started, 1)}) + "\n")
-        log_file.flush()
-        if row["step"] % args.snapshot_every == 0:
-            save_tree(out / "snapshot.eqx", agent)
-
-    try:
-        agent, rows = train_expert(
-            factory,
-            config,
-            steps=steps,
-            seed_steps=args.seed_steps,
-            update_every=update_every,
-            batch_size=args.batch_size,
-            steps_per_dispatch=args.steps_per_dispatch,
-            seed=args.seed,
-            progress=args.progress,
-            log=log,
-        )
-    finally:
-        log_file.close()
+    agent, rows = train_expert(
+        factory,
+        config,
+        steps=steps,
+        seed_steps=args.seed_steps,
+        update_every=update_every,
+        batch_size=args.batch_size,
+        steps_per_dispatch=args.steps_per_dispatch,
+        seed=args.seed,
+        progress=args.progress,
+        run_dir=out,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )
     save_tree(out / "expert.eqx", agent)
-    (out / "snapshot.eqx").unlink(missing_ok=True)
+    (out / "snapshot.eqx").unlink(missing_ok=True)  # the earlier versions' unresumable snapshot
     record = {
         "expert": args.expert,
         "args": dataclasses.asdict(args),
         "sac_config": dataclasses.asdict(config),
         "steps": steps,
         "updates": int(agent.step),
-        "train_wall_s": round(time.time() - started, 1),
+        "train_wall_s": rows[-1].get("wall_s") if rows else None,
         "jax": jax.__version__,
     }
     (out / "expert.json").write_text(json.dumps(record, indent=2))
@@ -381,6 +566,8 @@ __all__ = [
     "ExpertArgs",
     "ExpertError",
     "NumpyActor",
+    "SACState",
+    "SACTrainer",
     "SHIPPED",
     "evaluate_expert",
     "evaluate_navigation",

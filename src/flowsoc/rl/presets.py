@@ -40,7 +40,7 @@ import types
 from collections.abc import Mapping
 from typing import Any, cast, Literal
 
-from ._datagen_recipes import DatasetError, parse_dataset_name
+from ._datagen_recipes import DatasetError, parse_dataset_name, SUPPORTED_HELP
 
 
 Agent = Literal["trqam", "qam", "bam"]
@@ -451,8 +451,12 @@ def domain_preset(env: str) -> DomainPreset:
     try:
         parsed = parse_dataset_name(env)
     except DatasetError as err:
+        # The parser's own reason (e.g. the valid task numbers), without its list of generatable datasets.
+        reason = str(err).removesuffix(SUPPORTED_HELP).strip().removeprefix(f"{env!r}").lstrip(": ")
+        reason = f"it {reason}" if reason.startswith("is ") else reason
         raise ValueError(
-            f"no preset for {env!r}: give an OGBench dataset name or one of {sorted(PAPER_PRESETS)}."
+            f"no preset for {env!r}: {reason.rstrip('.')}. Give an OGBench dataset name or one of "
+            f"{sorted(PAPER_PRESETS)}."
         ) from err
     key = f"{parsed.domain}-{parsed.variant}" if parsed.variant else parsed.domain
     if key not in PAPER_PRESETS:

@@ -482,7 +482,7 @@ def train_offline_seeds(
     `learning_curve.png` shows the mean over seeds. With `mesh` (`seed_mesh()`), the seed axis is
     sharded over its devices and the dataset replicated on each.
     """
-    check_dataset(data, agents.config.horizon)
+    check_dataset(data, agents.config.horizon, config.batch_size)
     seeds = [int(s) for s in seeds]
     if len(seeds) != num_seeds(agents) or len(set(seeds)) != len(seeds):
         raise ValueError(

@@ -14,6 +14,7 @@ Layout of a run directory:
 import dataclasses
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -425,12 +426,19 @@ class OfflineTrainer(AbstractTrainer):
             plot_learning_curve(rows, directory / "learning_curve.png", kl_budget=kl_budget, title=self.title)
 
 
-def check_dataset(data: Any, horizon: int, name: str = "data") -> None:
-    """Refuse anything but `Transitions` with at least one chunk of `horizon` steps."""
+def check_dataset(data: Any, horizon: int, batch_size: int | None = None, name: str = "data") -> None:
+    """Refuse anything but `Transitions` with at least one chunk of `horizon` steps; warn when a batch
+    holds more chunks than the dataset has transitions (each batch then repeats chunks)."""
     if not isinstance(data, Transitions):
         raise TypeError(f"{name} must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
     if data.size < horizon:
         raise ValueError(f"the dataset has {data.size} transitions, fewer than the chunk length {horizon}.")
+    if batch_size is not None and batch_size > data.size:
+        warnings.warn(
+            f"the batch size {batch_size} exceeds the dataset's {data.size} transitions: every batch repeats chunks "
+            "(lower --batch-size, or use more episodes).",
+            stacklevel=3,
+        )
 
 
 def train_offline(
@@ -454,7 +462,7 @@ def train_offline(
     same batches as an uninterrupted run (and refuses a checkpoint of other data or settings). `info` is
     stored in the checkpoint's metadata; `loggers` receive every row (e.g. TensorBoard).
     """
-    check_dataset(data, agent.config.horizon)
+    check_dataset(data, agent.config.horizon, config.batch_size)
     meta = {**_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
     trainer = OfflineTrainer(data, config, meta, evaluator, " · ".join(str(v) for v in (info or {}).values()))
     result = drive(
