@@ -107,7 +107,7 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
     state = fs.latest_checkpoint(tmp_path / "checkpoint") / "state.eqx"
     data = state.read_bytes()
     state.write_bytes(data[: len(data) // 2])
-    with pytest.raises(fs.CheckpointError, match="cannot be read"):
+    with pytest.raises(fs.CheckpointError, match="state.eqx does not match the checksum"):
         fs.finetune(BASE, SCALED_LINEAR, (2,), config, args=ONE, checkpoint_dir=tmp_path, resume=True, progress=False)
     with pytest.raises(fs.CheckpointError, match="No checkpoint"):
         fs.finetune(
