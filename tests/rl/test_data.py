@@ -1,6 +1,8 @@
 """The data layer: resolver, OGBench loading and relabelling, chunk sampler against a
 brute-force loop, replay buffer, and every bad-data error."""
 
+import os
+import re
 import shutil
 
 import equinox as eqx
@@ -19,6 +21,7 @@ from flowsoc.rl.data import (
     ChunkBatch,
     DATA_DIR_ENV,
     DatasetError,
+    DatasetMismatchError,
     DatasetNotFoundError,
     gather_chunks,
     load_ogbench,
@@ -134,6 +137,33 @@ def test_resolver_generates_when_asked(tmp_path):
     assert train["observations"].shape == (40, 2) and set(np.unique(train["rewards"])) <= {-1.0, 0.0}
 
 
+def test_cached_dataset_of_another_size_is_refused(data_root):
+    """A cached 3-episode dataset asked for with 50 episodes (as `flowsoc.rl.experiment --episodes 50
+    --data-dir ...` asks) is refused, naming the file, both counts and how to regenerate; matching numbers
+    pass."""
+    name, train = "cube-single-play-singletask-task2-v0", data_root / "cube-single-play-v0.npz"
+    assert resolve_dataset(name, data_root, episodes=3, episode_length=101, seed=0) == train
+    with pytest.raises(DatasetMismatchError) as e:
+        load_ogbench(name, data_root, generate=True, episodes=50)
+    msg = str(e.value)
+    assert f"{train} holds 3 episodes of 101 steps, 1 validation episode, seed 0, but --episodes 50" in msg
+    assert "delete cube-single-play-v0.npz, cube-single-play-v0-val.npz and cube-single-play-v0.json" in msg
+    assert "another --data-dir" in msg and "--episodes 50 --data-dir" in msg and "--overwrite" in msg
+    assert "\n" not in msg
+    with pytest.raises(DatasetMismatchError, match=r"--episode-length 51 was asked for"):
+        resolve_dataset(name, data_root, episode_length=51)
+    with pytest.raises(DatasetMismatchError, match=r"--seed 1 was asked for"):
+        resolve_dataset(name, data_root, seed=1)
+    assert (data_root / "cube-single-play-v0.npz").exists()  # nothing was touched
+
+
+def test_data_directory_that_is_a_file(tmp_path):
+    a_file = tmp_path / "data"
+    a_file.write_text("")
+    with pytest.raises(DatasetError, match=re.escape(f"{a_file} is an existing file, not a directory")):
+        resolve_dataset("cube-single-play-v0", a_file, generate=True, episodes=1)
+
+
 # --------------------------------------------------------------------------------------
 # Bad data
 # --------------------------------------------------------------------------------------
@@ -228,6 +258,19 @@ def test_file_of_another_environment(bad_dir):
         (bad_dir / f"cube-single-play-v0{suffix}.npz").rename(bad_dir / f"cube-double-play-v0{suffix}.npz")
     with pytest.raises(DatasetError, match=r"cube-double-play-v0\.npz.*\(28,\).*\(37,\)"):
         load_ogbench("cube-double-play-v0", bad_dir)
+
+
+@pytest.mark.parametrize("suffix", ["", "-val"])
+def test_actions_of_another_width(bad_dir, suffix):
+    """A file whose actions are not the environment's width is refused on load (not by a JAX broadcast
+    error at the first update)."""
+    path = bad_dir / f"cube-single-play-v0{suffix}.npz"
+    with np.load(path) as f:
+        act = f["actions"][:, :4]
+    _rewrite(path, actions=act)
+    pattern = rf"{re.escape(str(path))}: actions are 4-dimensional but cube-single-v0 takes 5-dimensional actions"
+    with pytest.raises(DatasetError, match=pattern + ".*regenerate"):
+        load_ogbench(NAME, bad_dir)
 
 
 @pytest.mark.parametrize("name", ["cube-single-v0", "cube-pentuple-play-v0", "hello", "scene-play-singletask-task0-v0"])
@@ -432,6 +475,17 @@ def test_replay_buffer_save_and_restore(tmp_path, getkey):
         after = sample_chunks(other, key, 128, 4, 0.95)
         for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_replay_buffer_file_follows_the_umask(tmp_path):
+    buffer = ReplayBuffer.from_transitions(Transitions.from_numpy(_synthetic(seed=6, n=10)), 16)
+    old = os.umask(0o022)
+    try:
+        path = save_replay_buffer(tmp_path / "buffer.npz", buffer)
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)  # not mkstemp's 0600
+    assert sorted(os.listdir(tmp_path)) == ["buffer.npz"]
 
 
 def test_replay_buffer_file_errors(tmp_path):

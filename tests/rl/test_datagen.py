@@ -3,6 +3,7 @@ refusals."""
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -101,7 +102,8 @@ def test_scene_episodes_pass_health_check(data_root):
 
 
 def _small(stem, root, **kw):
-    opts = dict(env=stem, episodes=3, val_episodes=1, episode_length=41, seed=0, data_dir=str(root), progress=False)
+    opts = dict(env=stem, episodes=3, val_episodes=1, episode_length=41, seed=0, progress=False)
+    opts.update(data_dir=None if root is None else str(root))
     opts.update(kw)
     return generate(GenerateOptions(**opts))
 
@@ -208,7 +210,7 @@ def test_cli(tmp_path, capsys):
 
 def test_out_path_and_singletask_name(tmp_path):
     out = tmp_path / "sub" / "mine.npz"
-    res = _small("cube-single-play-singletask-task3-v0", tmp_path, out=str(out), episodes=1, episode_length=11)
+    res = _small("cube-single-play-singletask-task3-v0", None, out=str(out), episodes=1, episode_length=11)
     assert res.train_path == out and res.val_path == tmp_path / "sub" / "mine-val.npz"
     assert shutil.disk_usage(out) and out.exists() and res.val_path.exists()
 
@@ -276,3 +278,212 @@ def test_maze_stats_on_a_hand_made_file(tmp_path):
     assert stats["coverage"] == pytest.approx(5 / free)
     assert stats["mean_xy_step"] == pytest.approx(np.mean(steps))
     assert stats["upright"] == pytest.approx(5 / 6)
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: one line naming the flag, exit 2, nothing written
+# --------------------------------------------------------------------------------------
+
+MAZE = "pointmaze-medium-navigate-v0"
+
+
+def _cli_refuses(argv, capsys):
+    """`main(argv)` exits 2 with one line `error: ...` and no traceback; returns that line."""
+    assert datagen.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--workers", "0"], "--workers must be an integer of at least 1, got 0"),
+        (["--workers", "-2"], "--workers must be an integer of at least 1, got -2"),
+        (["--episodes", "0"], "--episodes must be an integer of at least 1, got 0"),
+        (["--episodes", "-3"], "--episodes must be an integer of at least 1, got -3"),
+        (["--val-episodes", "0"], "--val-episodes must be an integer of at least 1, got 0"),
+        (["--episode-length", "1"], "--episode-length must be an integer of at least 2, got 1"),
+        (["--episode-length", "-5"], "--episode-length must be an integer of at least 2, got -5"),
+        (["--seed", "-1"], "--seed must be an integer of at least 0, got -1"),
+        (["--noise", "-0.5"], "--noise must be a finite number >= 0, got -0.5"),
+        (["--noise", "nan"], "--noise must be a finite number >= 0, got nan"),
+        (["--p-random-action", "1.5"], "--p-random-action must be a probability in [0, 1], got 1.5"),
+        (["--expert", "actor.npz"], "--expert applies to antmaze and humanoidmaze only"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(tmp_path, capsys, args, needle):
+    line = _cli_refuses([MAZE, "--data-dir", str(tmp_path / "d"), *args], capsys)
+    assert needle in line
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+    with pytest.raises(datagen.OptionError, match=re.escape(args[0])):
+        generate(GenerateOptions(env=MAZE, data_dir=str(tmp_path / "d"), **{_field(args[0]): _value(args[1])}))
+
+
+def _field(flag):
+    return flag[2:].replace("-", "_")
+
+
+def _value(text):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def test_p_random_action_is_refused_on_mazes(tmp_path, capsys):
+    line = _cli_refuses([MAZE, "--p-random-action", "0.3", "--data-dir", str(tmp_path)], capsys)
+    assert "--p-random-action applies to manipulation datasets only" in line and "--noise" in line
+
+
+def test_bad_output_paths_are_usage_errors(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    cases = [
+        (["--out", str(tmp_path / "x.txt")], "--out must be a file name ending in .npz, got"),
+        (["--out", str(tmp_path / "x")], "--out must be a file name ending in .npz, got"),
+        (["--out", str(a_file / "x.npz")], f"x.npz: {a_file} is an existing file, not a directory"),
+        (["--out", str(tmp_path / "x.npz"), "--data-dir", str(tmp_path)], "--out (" + str(tmp_path / "x.npz")),
+        (["--data-dir", str(a_file)], f"--data-dir: {a_file} is an existing file, not a directory"),
+        (["--data-dir", str(a_file / "sub")], f"lies under {a_file}, which is an existing file"),
+    ]
+    for args, needle in cases:
+        assert needle in _cli_refuses([MAZE, "--episodes", "1", *args], capsys)
+    monkeypatch.setenv(datagen.DATA_DIR_ENV, str(a_file))
+    assert f"$FLOWSOC_DATA_DIR: {a_file} is an existing file" in _cli_refuses([MAZE, "--episodes", "1"], capsys)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def test_shortest_episode_length_holds_one_transition(tmp_path):
+    """`--episode-length 2` (the minimum) gives one transition per episode through OGBench's loader."""
+    from flowsoc.rl.data import load_ogbench
+
+    _small(MAZE, tmp_path, episodes=3, episode_length=datagen.MIN_EPISODE_LENGTH)
+    _, train, val = load_ogbench("pointmaze-medium-navigate-singletask-task1-v0", tmp_path)
+    assert train["observations"].shape == (3, 2) and train["terminals"].sum() == 3 and len(val["rewards"]) == 1
+
+
+def test_unknown_task_number_names_the_valid_ones(tmp_path, capsys):
+    name = "cube-single-play-singletask-task9-v0"
+    line = _cli_refuses([name, "--data-dir", str(tmp_path)], capsys)
+    assert name in line and "there is no task9" in line and "tasks 1 to 5" in line
+    assert "cube-single-play-singletask-v0 for the default, task2" in line
+    with pytest.raises(UnknownDatasetError, match="there is no task0"):
+        parse_dataset_name("scene-play-singletask-task0-v0")
+
+
+def test_existing_dataset_with_other_numbers_is_refused(tmp_path, capsys):
+    """A present dataset is not silently taken for one of another size or seed: the CLI names what the file
+    holds and what was asked, and regenerates only with --overwrite."""
+    base = [MAZE, "--episode-length", "11", "--data-dir", str(tmp_path), "--no-progress"]
+    assert datagen.main([*base, "--episodes", "3"]) == 0
+    capsys.readouterr()
+    train = tmp_path / f"{MAZE}.npz"
+    line = _cli_refuses([*base, "--episodes", "50"], capsys)
+    assert f"{train} holds 3 episodes of 11 steps, 1 validation episode, seed 0, but --episodes 50" in line
+    assert "--overwrite" in line
+    assert "--seed 1 was asked for" in _cli_refuses([*base, "--episodes", "3", "--seed", "1"], capsys)
+    assert "--val-episodes 2 was asked for" in _cli_refuses([*base, "--val-episodes", "2"], capsys)
+    assert "noise 0.5, but --noise 0.3 was asked for" in _cli_refuses([*base, "--noise", "0.3"], capsys)
+    assert datagen.main([*base[:-1], "--episodes", "3"]) == 0  # the same numbers: nothing to do
+    assert "(3 episodes of 11 steps, 1 validation episode, seed 0)" in capsys.readouterr().out
+    assert datagen.main([*base, "--episodes", "5", "--overwrite"]) == 0
+    assert _load(train)["terminals"].sum() == 5
+
+
+# --------------------------------------------------------------------------------------
+# Debris of a killed generator, workers of a killed generator, file modes
+# --------------------------------------------------------------------------------------
+
+
+def _dead_pid():
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
+    stem = "pointmaze-medium-stitch-v0"
+    dead = _dead_pid()
+    stale = [f".{stem}.npz.{dead}.0123abcd.tmp.npz", f".{stem}-val.npz.{dead}.89abcdef.tmp.npz"]
+    stale.append(f".{stem}.json.{dead}.00ff00ff.tmp")
+    kept = [
+        f".{stem}.npz.{os.getpid()}.0123abcd.tmp.npz",  # a live writer's (this process)
+        f".other-v0.npz.{dead}.0123abcd.tmp.npz",  # another file's
+        f".{stem}.npz.notes",  # not the generator's pattern
+        f"{stem}.npz.{dead}.0123abcd.tmp.npz",  # not hidden: not the generator's pattern
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"partial")
+    _small(stem, tmp_path, episodes=1, episode_length=11)
+    names = set(os.listdir(tmp_path))
+    assert not names & set(stale) and set(kept) <= names
+    # also when the dataset is already complete (the generator has nothing to do)
+    (tmp_path / stale[0]).write_bytes(b"partial")
+    assert _small(stem, tmp_path, episodes=1, episode_length=11).skipped
+    assert stale[0] not in os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_workers_end_with_a_killed_parent(tmp_path):
+    """A generator killed outright (kill -9) takes its worker processes with it within a second, instead of
+    leaving them to finish their episode (the task below would sleep a minute)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "worker.pid"
+    script = (
+        "import multiprocessing as mp, os, time\n"
+        "from flowsoc.rl._datagen_rollout import exit_with_parent\n"
+        "def task(_):\n"
+        f"    open({str(marker)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "ctx = mp.get_context('fork')\n"
+        "with ctx.Pool(1, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:\n"
+        "    pool.map(task, [0])\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            assert parent.poll() is None
+            time.sleep(0.05)
+        worker = int(marker.read_text())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def running(pid):
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"  # a zombie has ended (its new parent may not reap it)
+
+    killed = time.monotonic()
+    while running(worker) and time.monotonic() - killed < 5:
+        time.sleep(0.05)
+    assert not running(worker), "the worker outlived its killed parent"
+
+
+def test_dataset_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        result = _small("pointmaze-medium-stitch-v0", tmp_path / "a", episodes=1, episode_length=11)
+        os.umask(0o077)
+        private = _small("pointmaze-medium-stitch-v0", tmp_path / "b", episodes=1, episode_length=11)
+    finally:
+        os.umask(old)
+    for path in (result.train_path, result.val_path, result.train_path.with_suffix(".json")):
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o644), path
+    for path in (private.train_path, private.val_path, private.train_path.with_suffix(".json")):
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o600), path

@@ -168,3 +168,25 @@ def test_cached_data_of_an_earlier_shipped_expert_warn(tmp_path, recwarn):
     (tmp_path / f"{stem}.json").write_text(json.dumps({**meta, "expert_sha256": "0" * 64}))
     with pytest.warns(UserWarning, match="earlier version of flowsoc's shipped ant expert.*--overwrite"):
         resolve_dataset(stem, tmp_path)
+
+
+def test_training_figure_reads_the_driver_rows_or_an_earlier_train_jsonl(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from flowsoc.rl.experts import plot_training
+
+    plotted = []
+    monkeypatch.setattr(plt.Axes, "plot", lambda self, x, y, *a, **k: plotted.append((list(x), list(y))))
+    rows = [{"step": 100, "updates": 0, "return": 1.0}, {"step": 200, "updates": 50, "return": 2.0, "alpha": 0.5}]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_training(old).exists() and plotted[0] == ([100, 200], [1.0, 2.0])
+    new = tmp_path / "new"
+    new.mkdir()
+    rows = [{"kind": "train", **r, "return": 3 * r["return"]} for r in rows] + [
+        {"kind": "eval", "step": 200, "return": 9}
+    ]
+    (new / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (new / "train.jsonl").write_text("")  # ignored beside metrics.jsonl
+    assert plot_training(new).exists() and plotted[2] == ([100, 200], [3.0, 6.0])

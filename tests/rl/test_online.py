@@ -228,6 +228,31 @@ def test_resume_mid_online_loses_no_transition(tmp_path):
     assert resumed.train[2]["updates"] == 200
 
 
+def test_non_finite_online_block_stops_with_the_last_good_state_saved(tmp_path, monkeypatch):
+    import flowsoc as fs
+    import flowsoc.rl.online as online_module
+
+    offline = bandit_offline()
+    original = online_module.fused_updates
+    calls = []
+
+    def nan_on_second_block(agent, *args):
+        calls.append(1)
+        new, metrics = original(agent, *args)
+        if len(calls) == 2:
+            metrics = {**metrics, "critic_loss": metrics["critic_loss"] * jnp.nan}
+        return new, metrics
+
+    monkeypatch.setattr(online_module, "fused_updates", nan_on_second_block)
+    agent = TRQAM.create(jr.key(3), 3, 1, CONFIG)
+    with pytest.raises(fs.NonFiniteError, match=r"critic_loss at update step 101;.*env step 200\) is saved in"):
+        train_online(agent, offline, ONLINE.replace(checkpoint_every=0), BanditEnv, run_dir=tmp_path)
+    folder = latest_online_checkpoint(tmp_path)
+    assert folder.name == "ckpt-0000000200"  # the state before the bad block, its transitions intact
+    rows = np.load(folder / "online_rows.npz")
+    assert rows["rewards"].shape == (200,) and np.all(np.isfinite(rows["rewards"]))
+
+
 def test_online_checkpoint_mismatch_is_refused(tmp_path):
     offline = bandit_offline()
     factory = functools.partial(CounterEnv, 7)

@@ -178,3 +178,16 @@ def test_bad_names_are_one_clear_line():
         with pytest.raises(ValueError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("call", [domain_preset, paper_preset])
+def test_unknown_task_number_gives_the_parsers_reason(call):
+    """`-task9` does not exist: the message says which task numbers do (the parser's reason), on one line."""
+    with pytest.raises(ValueError) as err:
+        call("cube-double-play-singletask-task9-v0")
+    msg = str(err.value)
+    assert msg.startswith("no preset for 'cube-double-play-singletask-task9-v0': there is no task9")
+    assert "tasks 1 to 5" in msg and "cube-double-play-singletask-v0 for the default, task2" in msg
+    assert "Generatable here" not in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="no preset for 'cheetah': it is not an OGBench dataset name"):
+        call("cheetah")

@@ -148,8 +148,7 @@ def _checkpoint_buffer(run_dir, capacity):
 def test_stopped_expert_training_resumes_without_losing_or_repeating_a_row(tmp_path, monkeypatch):
     """Ctrl-C inside the second update dispatch (the block ending at environment step 400) saves the
     state of step 300; resuming reaches the uninterrupted run's steps and updates, each row once; the
-    warm-up's random actions come from (seed, environment step) alone; a finished run extends to more
-    steps, its buffer grown."""
+    warm-up's random actions come from (seed, environment step) alone; other settings are refused."""
     import functools
 
     from tests.rl.toy_envs import CounterEnv
@@ -188,14 +187,8 @@ def test_stopped_expert_training_resumes_without_losing_or_repeating_a_row(tmp_p
     assert (meta["step"], updates, int(buffer.size)) == (400, 100, 400)
     warmup = np.concatenate([np.random.default_rng([0, s]).uniform(-1, 1, 100) for s in (0, 100)])
     np.testing.assert_array_equal(np.asarray(buffer.data.actions[:200, 0]), warmup.astype(np.float32))
-    # A finished run extended to more steps: the buffer grows (400 -> 500 rows), the updates continue.
-    agent, rows = _train_toy(env, run_dir, steps=500, resume=True)
-    assert [r["step"] for r in rows] == [100, 200, 300, 400, 500] and int(agent.step) == 150
-    meta, _, buffer = _checkpoint_buffer(run_dir, 500)
-    assert (meta["step"], meta["capacity"], int(buffer.size)) == (500, 500, 500)
-    np.testing.assert_array_equal(np.asarray(buffer.data.actions[:200, 0]), warmup.astype(np.float32))
     with pytest.raises(fs.CheckpointError, match=r"batch_size \(32 saved, 16 now\)"):
-        _train_toy(env, run_dir, steps=600, resume=True, batch_size=16)
+        _train_toy(env, run_dir, steps=500, resume=True, batch_size=16)
 
 
 def test_non_finite_sac_losses_stop_expert_training_at_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -225,3 +218,31 @@ def test_non_finite_sac_losses_stop_expert_training_at_the_last_good_checkpoint(
     meta, updates, buffer = _checkpoint_buffer(run_dir, 400)
     assert (meta["step"], updates, int(buffer.size)) == (300, 50, 300)
     assert [r["step"] for r in read_rows(run_dir)] == [100, 200, 300]
+
+
+def test_finished_expert_training_extends_to_more_steps_with_a_larger_buffer(tmp_path):
+    """A finished run resumed with more steps continues from its last checkpoint, its replay buffer
+    grown to the new size (oldest transitions first), the random warm-up continuing its sequence. The
+    run stays in the warm-up (no update to compile)."""
+    from tests.rl.toy_envs import CounterEnv
+
+    from flowsoc.rl.data import add_transitions
+    from flowsoc.rl.experts import _grow
+
+    run_dir = tmp_path / "run"
+    _train_toy(CounterEnv, run_dir, steps=100, seed_steps=300)
+    agent, rows = _train_toy(CounterEnv, run_dir, steps=200, seed_steps=300, resume=True)
+    assert [r["step"] for r in rows] == [100, 200] and int(agent.step) == 0
+    meta, _, buffer = _checkpoint_buffer(run_dir, 200)
+    assert (meta["step"], meta["capacity"], int(buffer.size), int(buffer.pointer)) == (200, 200, 200, 0)
+    warmup = np.concatenate([np.random.default_rng([0, s]).uniform(-1, 1, 100) for s in (0, 100)])
+    np.testing.assert_array_equal(np.asarray(buffer.data.actions[:, 0]), warmup.astype(np.float32))
+    # A ring that has wrapped is unrolled oldest first.
+    table = lambda a, b: Transitions(
+        *(jnp.arange(a, b, dtype=jnp.float32).reshape(-1, *s) for s in ((1,), (1,), (), (), (), (1,)))
+    )
+    ring = add_transitions(ReplayBuffer.from_transitions(table(0, 4), 4), table(4, 6))  # rows 4 5 2 3, pointer 2
+    grown = _grow(ring, 8)
+    assert (int(grown.size), int(grown.pointer)) == (4, 4)
+    np.testing.assert_array_equal(grown.data.rewards, [2, 3, 4, 5, 0, 0, 0, 0])
+    assert _grow(ring, 4) is ring

@@ -95,7 +95,7 @@ class GenerateOptions:
     data_dir: str | None = None
     """Output directory (default: $FLOWSOC_DATA_DIR or ~/.ogbench/data)."""
     out: str | None = None
-    """Explicit training-file path ending in .npz (overrides --data-dir; -val.npz goes
+    """Explicit training-file path ending in .npz, instead of --data-dir (-val.npz and .json go
     beside it).
     """
     noise: float | None = None

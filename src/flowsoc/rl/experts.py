@@ -106,6 +106,12 @@ _append = eqx.filter_jit(add_transitions, donate="all-except-first")
 (saved on Ctrl-C or a non-finite block), so a block must not write into its buffer."""
 
 
+@jax.jit
+def _act(actor, obs, key, i):
+    """One chunk of one action per environment, sampled from the actor with `fold_in(key, i)`."""
+    return jax.vmap(actor.sample)(obs, jr.split(jr.fold_in(key, i), obs.shape[0]))[0][:, None]
+
+
 def _grow(buffer: ReplayBuffer, capacity: int) -> ReplayBuffer:
     """`buffer`'s transitions, oldest first, in a buffer of `capacity` rows (when more than its own)."""
     if capacity <= buffer.capacity:
@@ -174,13 +180,7 @@ class SACTrainer(AbstractTrainer):
         self.steps_per_dispatch, self.seed = steps_per_dispatch, seed
         self.started = time.monotonic()
         self.wall_before = 0.0  # training time of the runs before a resume
-        act_key = jr.key(seed + 1)
-
-        @jax.jit
-        def act(actor, obs, i):  # one chunk of one action per environment, from the actor alone
-            return jax.vmap(actor.sample)(obs, jr.split(jr.fold_in(act_key, i), obs.shape[0]))[0][:, None]
-
-        self._act = act
+        self.act_key = jr.key(seed + 1)
 
     def position(self, state):
         return state.env_step
@@ -191,7 +191,7 @@ class SACTrainer(AbstractTrainer):
             rng = np.random.default_rng([self.seed, state.env_step])
             return lambda obs, i: rng.uniform(-1, 1, (len(obs), 1, self.action_dim))
         actor = state.agent.nets.actor
-        return lambda obs, i: np.asarray(self._act(actor, np.asarray(obs, np.float32), i))
+        return lambda obs, i: np.asarray(_act(actor, np.asarray(obs, np.float32), self.act_key, i))
 
     def block(self, state, n):
         collector = self.collector

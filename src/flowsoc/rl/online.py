@@ -259,12 +259,11 @@ def latest_online_checkpoint(run_dir: str | os.PathLike) -> pathlib.Path | None:
     return latest_checkpoint(pathlib.Path(run_dir) / "online")
 
 
-def _online_rows_writer(buffer: ReplayBuffer, offline_size: int):
-    """`write(path)` of the online rows of `buffer` (those after the first `offline_size`), an episode running
-    at this point stored as truncated (its last transition ends it)."""
-    size = int(buffer.size)
-    rows = {f: np.array(getattr(buffer.data, f)[offline_size:size]) for f in _FIELDS}
-    if size > offline_size:
+def _online_rows_writer(buffer: ReplayBuffer, offline_size: int, env_step: int):
+    """`write(path)` of the first `env_step` online rows of `buffer` (after the first `offline_size`), an
+    episode running at this point stored as truncated (its last transition ends it)."""
+    rows = {f: np.array(getattr(buffer.data, f)[offline_size : offline_size + env_step]) for f in _FIELDS}
+    if env_step:
         rows["terminals"][-1] = 1.0
 
     def write(path):
@@ -351,6 +350,7 @@ class OnlineTrainer(AbstractTrainer):
         self.offline_steps, self.capacity, self.collector, self.title = offline_steps, capacity, collector, title
         self.seed = jnp.asarray(config.seed, jnp.uint32)
         self.act_key = jr.key(config.seed + 2)
+        self.live_buffer: ReplayBuffer | None = None
 
     def position(self, state):
         return state.env_step
@@ -374,6 +374,7 @@ class OnlineTrainer(AbstractTrainer):
             acting = agent
         rows, finished = collector.collect(self._policy(acting), n // cfg.num_envs)
         buffer = append_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
+        self.live_buffer = buffer  # the append wrote in place: `state.buffer` is gone, its rows are a prefix of this
         env_step = state.env_step + n
         metrics: dict[str, np.ndarray] = {}
         if training:
@@ -420,7 +421,11 @@ class OnlineTrainer(AbstractTrainer):
             "policy_calls": max(state.policy_calls, self.collector.policy_calls),
             "episodes_done": state.episodes_done,
         }
-        return Saved(state.agent, meta, {"online_rows.npz": _online_rows_writer(state.buffer, self.offline.size)})
+        # The buffer is append-only and written in place: the newest one holds this state's rows as a prefix
+        # (after a Ctrl-C or a NaN inside a block, `state.buffer` itself has been donated to the append).
+        buffer = state.buffer if self.live_buffer is None else self.live_buffer
+        rows = _online_rows_writer(buffer, self.offline.size, state.env_step)
+        return Saved(state.agent, meta, {"online_rows.npz": rows})
 
     def restore(self, agent, meta, folder, state):
         env_step = int(meta["env_step"])
