@@ -31,7 +31,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from .._adjoint import lean_adjoint
 from .._kl import path_kl
 from .._losses import adjoint_matching_loss, soc_objective
-from .._paths import uniform_grid
+from .._paths import result_dtype, uniform_grid
 from .._sde import sample_ode, sample_sde
 from .._trust_region import DualState
 from .config import AgentConfig
@@ -197,7 +197,10 @@ class AbstractFlowAgent(eqx.Module):
         next_actions = self.flow_actions(self.nets.policy, next_obs, key)
         q_next = jax.vmap(self.target_critic)(next_obs, next_actions)  # (B, K)
         value = jnp.mean(q_next, axis=-1) - cfg.pessimism * jnp.std(q_next, axis=-1)
-        target = batch.rewards[:, -1] + cfg.discount**cfg.horizon * batch.masks[:, -1] * value
+        # The data may be narrower than the critic (float32 rows, float64 networks under x64).
+        dtype = result_dtype(batch.rewards, batch.masks, value)
+        rewards, masks = batch.rewards[:, -1].astype(dtype), batch.masks[:, -1].astype(dtype)
+        target = rewards + cfg.discount**cfg.horizon * masks * value.astype(dtype)
         return jax.lax.stop_gradient(target)
 
     def critic_loss(self, critic: CriticEnsemble, batch: ChunkBatch, key: PRNGKeyArray):
@@ -205,8 +208,9 @@ class AbstractFlowAgent(eqx.Module):
         target = self.critic_target(batch, key)
         actions = batch.actions.reshape(batch.actions.shape[0], -1)
         q = jax.vmap(critic)(batch.observations, actions)  # (B, K)
-        valid = batch.valid[:, -1]
-        loss = jnp.mean(valid[:, None] * (q - target[:, None]) ** 2)
+        dtype = result_dtype(batch.valid, q, target)
+        valid = batch.valid[:, -1].astype(dtype)
+        loss = jnp.mean(valid[:, None] * (q.astype(dtype) - target[:, None].astype(dtype)) ** 2)
         return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
 
     def behaviour_loss(self, behaviour: VelocityField, batch: ChunkBatch, key: PRNGKeyArray):
@@ -228,7 +232,8 @@ class AbstractFlowAgent(eqx.Module):
         critic_loss, m_critic = self.critic_loss(nets.critic, batch, k_critic)
         behaviour_loss, m_behaviour = self.behaviour_loss(nets.behaviour, batch, k_behaviour)
         actor_loss, m_actor = self.actor_loss(nets.policy, batch, k_actor)
-        total = critic_loss + behaviour_loss + actor_loss
+        dtype = result_dtype(critic_loss, behaviour_loss, actor_loss)
+        total = critic_loss.astype(dtype) + behaviour_loss.astype(dtype) + actor_loss.astype(dtype)
         return total, {**m_critic, **m_behaviour, **m_actor, "total_loss": total}
 
     def update(self, batch: ChunkBatch) -> tuple["AbstractFlowAgent", dict[str, Array]]:
