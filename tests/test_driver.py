@@ -199,30 +199,3 @@ def test_loggers_receive_every_row_in_order(reference):
     recorder = Recorder()
     toy.run(None, loggers=[recorder])
     assert recorder.rows == full.rows and recorder.closed
-
-
-def _tensorboard_scalars(directory):
-    """`{tag: [(step, value)]}` from the event files in `directory` (TFRecord framing: length, CRC, payload, CRC)."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    out: dict[str, list] = {}
-    for path in sorted(pathlib.Path(directory).glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        i = 0
-        while i < len(data):
-            (length,) = struct.unpack("<Q", data[i : i + 8])
-            event = Event.FromString(data[i + 12 : i + 12 + length])
-            i += 12 + length + 4
-            for value in event.summary.value:
-                out.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return out
-
-
-def test_tensorboard_logger_writes_scalars(tmp_path):
-    pytest.importorskip("tensorboardX")
-    toy.run(tmp_path, loggers=fs._logging.make_loggers(["tensorboard"], tmp_path))
-    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
-    assert scalars["eval/total"] == [(0, 0.0), (4, 10.0), (8, 36.0), (12, 78.0)]
-    assert [s for s, _ in scalars["train/total"]] == [2, 4, 6, 8, 10, 12]

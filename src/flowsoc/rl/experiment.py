@@ -21,6 +21,7 @@ import jax.random as jr
 import numpy as np
 
 from .._checkpoint import latest_checkpoint, read_meta, write_text
+from .._logging import make_loggers
 from .agents import BAM, QAM, TRQAM
 from .config import AgentConfig, SMALL_NETWORKS
 from .envs import OGBenchEnvFactory
@@ -95,6 +96,9 @@ class OfflineArgs:
     """Updates fused into one compiled call."""
     progress: bool = True
     """Show a progress bar."""
+    logger: tuple[Literal["tensorboard", "wandb"], ...] = ()
+    """Also send every metric row to TensorBoard (run_dir/tensorboard; pip install 'flowsoc[tensorboard]') and/or
+    Weights & Biases (offline, under run_dir/wandb; pip install 'flowsoc[wandb]')."""
     smoke: bool = False
     """A seconds-long run on a tiny dataset with tiny networks (for CI)."""
 
@@ -232,6 +236,11 @@ def _resuming(p: Plan, args: OfflineArgs) -> bool:
     return True  # train_offline names the missing checkpoint
 
 
+def _loggers(args: OfflineArgs, p: Plan) -> list:
+    """The extra metric backends asked for with --logger, writing under the run directory."""
+    return make_loggers(args.logger, p.run_dir, name=p.run_dir.name)
+
+
 def _write_results(run_dir: pathlib.Path, summary: dict, table: str) -> None:
     """`summary.json` and `results.txt`, each written atomically (a crash leaves the old file or the new one)."""
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
@@ -342,6 +351,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
         run_dir=p.run_dir,
         resume=resume,
         info=info,
+        loggers=_loggers(args, p),
     )
     table = results_table(result, args.agent)
     print(table)
@@ -464,6 +474,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
         run_dir=p.run_dir,
         resume=resume,
         info=info,
+        loggers=_loggers(args, p),
         mesh=mesh,
     )
     table = seeds_results_table(result, args.agent)
@@ -624,6 +635,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
             run_dir=p.run_dir,
             resume=resume_offline,
             info=info,
+            loggers=_loggers(args, p),
         ).agent
     print(f"online phase: {online.steps} environment steps, updates from step {online.start_training}")
     result = train_online(
@@ -635,6 +647,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
         run_dir=p.run_dir,
         resume=resume_online,
         info=info,
+        loggers=_loggers(args, p),
     )
     offline_steps = p.train_config.steps
     table = online_results_table(result, args.agent, offline_steps)
