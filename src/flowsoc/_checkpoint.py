@@ -242,7 +242,7 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    write_text(directory / "LATEST", name + "\n")
+    write_text(directory / "LATEST", name)
     for stale in list_checkpoints(directory)[:-keep]:
         if stale != final:
             shutil.rmtree(stale, ignore_errors=True)

@@ -209,7 +209,8 @@ class Finetuner(eqx.Module):
         params = eqx.filter(state.field, eqx.is_inexact_array)
         (loss, kl), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params)
         finite = finite & jnp.isfinite(loss) & jnp.isfinite(kl)
-        updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes a Python float and an int32 count
+            updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, params)
         new_field = eqx.apply_updates(state.field, updates)
         dual = cfg.dual()
         new_dual = state.dual if dual is None else dual.update(state.dual, jnp.where(finite, kl, 0.0))

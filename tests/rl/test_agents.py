@@ -144,7 +144,8 @@ def test_adjoint_boundary_is_target_ensemble_mean_gradient_at_clipped_action(bat
             jax.grad(lambda a: m(jnp.concatenate([batch.observations[b], a]))[0])(jnp.clip(x1[b], -1, 1))
             for m in members
         ]
-        expected = -jnp.mean(jnp.stack(grads), 0) * (jnp.abs(x1[b]) <= 1).astype(x1.dtype)  # clip: no gradient outside the box
+        inside = (jnp.abs(x1[b]) <= 1).astype(x1.dtype)  # clip: no gradient outside the box
+        expected = -jnp.mean(jnp.stack(grads), 0) * inside
         assert jnp.allclose(terminal[b], expected, rtol=1e-10, atol=1e-12)
 
 

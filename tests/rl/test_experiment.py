@@ -175,9 +175,13 @@ def test_resuming_decides_between_fine_tuning_and_bc_checkpoints(tmp_path, capsy
     p = plan(args)
     assert p.bc_dir == tmp_path / "bc" / p.bc_dir.name
     assert _resuming(p, dataclasses.replace(args, resume=False)) is False
-    assert _resuming(p, args) is True  # nothing at all: train_offline names the missing checkpoint
+    with pytest.raises(ValueError, match="--resume: there is no run in .*check --run-dir"):
+        _resuming(p, args)  # nothing at all (a mistyped --run-dir): refused, never a new run from zero
     (p.bc_dir / "checkpoint").mkdir(parents=True)
-    (p.bc_dir / "checkpoint" / "meta.json").write_text("{}")
+    (p.bc_dir / "checkpoint" / "meta.json").write_text(json.dumps({"step": p.pretrain.steps}))
+    with pytest.raises(ValueError, match="there is no run in"):
+        _resuming(p, args)  # a complete shared BC flow says nothing about this run
+    (p.bc_dir / "checkpoint" / "meta.json").write_text(json.dumps({"step": p.pretrain.steps // 2}))
     assert _resuming(p, args) is False  # stopped during pre-training: fine-tuning starts after it
     assert "continuing from the BC pre-training" in capsys.readouterr().out
     (p.run_dir / "checkpoint").mkdir(parents=True)

@@ -264,7 +264,7 @@ def test_online_checkpoint_mismatch_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"different settings: offline_data\.sha256"):
         train_online(agent, bandit_offline(seed=1), config, factory, run_dir=tmp_path, resume=True)
     (latest_online_checkpoint(tmp_path) / "online_rows.npz").write_bytes(b"not an npz")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="online_rows.npz does not match the checksum"):
         train_online(agent, offline, config, factory, run_dir=tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="No online checkpoint"):
         train_online(agent, offline, config, factory, run_dir=tmp_path / "empty", resume=True)

@@ -579,8 +579,9 @@ def gather_chunks(
     idx = starts[:, None] + steps[None, :]  # (B, H)
     term = data.terminals[idx]
     ended = jax.lax.cummax(term, axis=1)
-    valid = jnp.concatenate([jnp.ones_like(ended[:, :1]), 1.0 - ended[:, :-1]], axis=1).astype(jnp.float32)
-    gamma = jnp.asarray(discount, jnp.float32) ** steps.astype(jnp.float32)
+    dtype = data.rewards.dtype
+    valid = jnp.concatenate([jnp.ones_like(ended[:, :1]), 1.0 - ended[:, :-1]], axis=1).astype(dtype)
+    gamma = jnp.asarray(discount, dtype) ** steps.astype(dtype)
     rewards = jnp.cumsum(data.rewards[idx] * gamma[None, :] * valid, axis=1)
     masks = jax.lax.cummin(jnp.where(valid > 0, data.masks[idx], jnp.inf), axis=1)
     # valid is a prefix of ones: the last valid step of row b is n_valid[b] - 1.

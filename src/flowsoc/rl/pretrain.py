@@ -123,7 +123,8 @@ class BCPretrainer(eqx.Module):
         (_, metrics), grads = jax.value_and_grad(
             lambda p: behaviour_flow_loss(eqx.combine(p, static), batch, sub), has_aux=True
         )(params)
-        updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes a Python float and an int32 count
+            updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
         flow = eqx.apply_updates(self.flow, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         new = eqx.tree_at(lambda a: (a.flow, a.opt_state, a.key, a.step), self, (flow, opt_state, key, self.step + 1))
