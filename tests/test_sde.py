@@ -130,6 +130,16 @@ def test_sde_bad_input(getkey):
         fs.sample_ode(BASE, jnp.zeros((4, 2), dtype=jnp.int32), ts)
     with pytest.raises(ValueError, match="num_steps"):
         fs.uniform_grid(0)
+    # A field whose output has another shape than x would be broadcast silently by the solvers.
+    summed = lambda t, x, args: jnp.sum(BASE(t, x, args), axis=-1, keepdims=True)
+    for sampler in (lambda f, x: fs.sample_sde(f, x, ts, jr.key(0)), lambda f, x: fs.sample_ode(f, x, ts)):
+        with pytest.raises(ValueError, match=r"returned shape \(4, 1\) for x of shape \(4, 2\)"):
+            sampler(summed, x0)
+    # An x0 the field cannot take: one line naming the shape, not a raw broadcasting error.
+    matrix = jnp.ones((2, 2))
+    linear = lambda t, x, args: x @ matrix
+    with pytest.raises(ValueError, match=r"the field cannot take x0 of shape \(4, 3\)"):
+        fs.sample_sde(linear, jnp.zeros((4, 3)), ts, jr.key(0))
     # Traced inputs are checked at run time.
     with pytest.raises(Exception, match="NaN or infinite"):
         jax.block_until_ready(jax.jit(lambda x: fs.sample_sde(BASE, x, ts, jr.key(0)))(x0.at[0, 0].set(jnp.inf)))

@@ -77,6 +77,25 @@ def _check_x0(x0, name):
     return check_finite(x0, "x0", name)
 
 
+def _check_field(field, t0, x0, args, name):
+    """Refuse a field that cannot take `x0`, or that returns dx/dt of another shape (which the solvers would
+    otherwise broadcast silently), naming both shapes."""
+    try:
+        out = eqx.filter_eval_shape(field, t0, x0, args)
+    except Exception as err:  # the field's own shape error, e.g. a matmul of the wrong width
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{name}: the field cannot take x0 of shape {tuple(x0.shape)} ({first}); give x0 the shape the field "
+            "expects (a field on one sample needs jax.vmap for a batch)."
+        ) from err
+    shape = getattr(out, "shape", None)
+    if shape != x0.shape:
+        raise ValueError(
+            f"{name}: field(t, x, args) returned shape {shape} for x of shape {tuple(x0.shape)}; it must return "
+            "dx/dt shaped like x (a field on one sample needs jax.vmap for a batch)."
+        )
+
+
 def sample_ode(
     field: VelocityField,
     x0: Float[Array, "*shape"],
@@ -109,6 +128,7 @@ def sample_ode(
     name = "sample_ode"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
+    _check_field(field, ts[0], x0, args, name)
     solver = dfx.Euler() if solver is None else solver
     if stepsize_controller is None:
         controller, dt0, steps = dfx.StepTo(ts), None, ts.shape[0] - 1
@@ -182,6 +202,9 @@ def sample_sde(
     name = "sample_sde"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
+    _check_field(field, ts[0], x0, args, name)
+    if final_field is not None:
+        _check_field(final_field, ts[0], x0, args, name)
     if final_ode_step is None:
         final_ode_step = default_final_ode_step(shift)
     shift = resolve_shift(ts, shift, name)

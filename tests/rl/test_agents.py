@@ -196,6 +196,11 @@ def test_config_validation():
         AgentConfig(flow_steps=1)
     with pytest.raises(ValueError, match="horizon must be a positive integer"):
         AgentConfig(horizon=0)
+    for value in (float("nan"), -0.5):  # a NaN would only surface later, blamed on the data
+        with pytest.raises(ValueError, match="pessimism must be a finite number >= 0"):
+            AgentConfig(pessimism=value)
+    with pytest.raises(ValueError, match="bam_running_cost_scale must be > 0"):
+        AgentConfig(bam_running_cost_scale=float("nan"))
     with pytest.raises(TypeError, match="AgentConfig"):  # ours, or the suite's type-check hook first
         TRQAM.create(jr.key(0), OBS, ACT, {"horizon": 5})
 

@@ -96,8 +96,11 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: grad_clip must be > 0 or None, got {self.grad_clip}.")
         if not (np.isfinite(self.inv_temp) and self.inv_temp > 0):
             raise ValueError(f"AgentConfig: inv_temp must be > 0, got {self.inv_temp}.")
-        if self.pessimism < 0:
-            raise ValueError(f"AgentConfig: pessimism must be >= 0, got {self.pessimism}.")
+        if not (np.isfinite(self.pessimism) and self.pessimism >= 0):
+            raise ValueError(f"AgentConfig: pessimism must be a finite number >= 0, got {self.pessimism}.")
+        scale = self.bam_running_cost_scale
+        if scale is not None and not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"AgentConfig: bam_running_cost_scale must be > 0 or None, got {scale}.")
         if self.adjoint_base_time not in ("next", "grid", "mid"):
             raise ValueError(
                 f"AgentConfig: adjoint_base_time must be 'next', 'grid' or 'mid', got {self.adjoint_base_time!r}."
