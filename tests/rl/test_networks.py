@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flowsoc as fs
-from flowsoc.rl.networks import count_params, CriticEnsemble, ema_update, MLP, VelocityField
+from flowsoc.rl.networks import count_params, CriticEnsemble, ema_update, MLP, VelocityMLP
 
 
 EPS = 1e-6  # Flax's LayerNorm default, which the reference networks use (flowsoc.rl.networks.LAYER_NORM_EPS)
@@ -126,11 +126,11 @@ def test_mlp_rejects_wrong_input(getkey):
         mlp(jnp.ones(5))
 
 
-# ---------------------------------------------------------------------------------- VelocityField
+# ---------------------------------------------------------------------------------- VelocityMLP
 
 
 def _field(getkey, **kw):
-    return VelocityField(3, 2, (16, 16), key=getkey(), **kw)
+    return VelocityMLP(3, 2, (16, 16), key=getkey(), **kw)
 
 
 def test_velocity_field_is_mlp_of_obs_x_t(getkey):

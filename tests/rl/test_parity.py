@@ -48,7 +48,7 @@ import pytest
 from flowsoc import adjoint_matching_loss, DualState, lean_adjoint
 from flowsoc.rl import AbstractFlowAgent, AgentConfig, BAM, QAM, TRQAM
 from flowsoc.rl.data import ChunkBatch
-from flowsoc.rl.networks import CriticEnsemble, VelocityField
+from flowsoc.rl.networks import CriticEnsemble, VelocityMLP
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parity.npz"
@@ -94,9 +94,9 @@ def _set_mlp(mlp, weights: dict, prefix: str, norm_eps: float | None = None):
     return mlp
 
 
-def load_velocity(fx, cfg: dict, module: str) -> VelocityField:
+def load_velocity(fx, cfg: dict, module: str) -> VelocityMLP:
     chunk = cfg["horizon"] * cfg["action_dim"]
-    field = VelocityField(cfg["obs_dim"], chunk, tuple(cfg["hidden"]), layer_norm=False, key=jr.key(0))
+    field = VelocityMLP(cfg["obs_dim"], chunk, tuple(cfg["hidden"]), layer_norm=False, key=jr.key(0))
     return eqx.tree_at(lambda f: f.mlp, field, _set_mlp(field.mlp, fx, f"w/modules_{module}/mlp"))
 
 
@@ -111,7 +111,7 @@ def load_critic(fx, cfg: dict, module: str, norm_eps: float | None = FLAX_LN_EPS
     return eqx.tree_at(lambda c: c.mlp, critic, mlp)
 
 
-def velocity_grads_by_name(grad: VelocityField) -> dict:
+def velocity_grads_by_name(grad: VelocityMLP) -> dict:
     """A flowsoc velocity-field gradient under the official flat names (flax layout)."""
     out = {}
     for i, lin in enumerate(grad.mlp.layers):

@@ -17,7 +17,7 @@ import flowsoc.rl.train as train_module
 from flowsoc._checkpoint import CheckpointError as CoreCheckpointError, latest_checkpoint
 from flowsoc.rl import AgentConfig, TRQAM
 from flowsoc.rl.data import ChunkBatch, sample_chunks, Transitions
-from flowsoc.rl.networks import VelocityField
+from flowsoc.rl.networks import VelocityMLP
 from flowsoc.rl.pretrain import (
     bc_checkpoint_name,
     BCConfig,
@@ -280,7 +280,7 @@ def test_mismatched_checkpoints_are_refused(data, full, monkeypatch):
 def test_create_refuses_a_flow_of_another_shape():
     flow = BCPretrainer.create(jr.key(7), OBS, ACT, BC).flow  # the shape of a pre-trained one
     chunk = CONFIG.horizon * ACT
-    wrong = VelocityField(OBS, chunk, (9,), key=jr.key(0))
+    wrong = VelocityMLP(OBS, chunk, (9,), key=jr.key(0))
     with pytest.raises(ValueError, match=r"hidden \(9,\).*hidden \(8,\)"):
         TRQAM.create(jr.key(0), OBS, ACT, CONFIG, pretrained=wrong)
     with pytest.raises(ValueError, match=r"flattened chunk 4.*flattened chunk 6"):

@@ -11,6 +11,8 @@ import dataclasses
 import re
 from typing import Literal
 
+from ._errors import DatasetError
+
 
 _CUBE_SIZES = ("single", "double", "triple", "quadruple")
 _PUZZLE_SIZES = ("3x3", "4x4", "4x5", "4x6")
@@ -60,13 +62,6 @@ SUPPORTED_HELP = (
     "humanoidmaze-{medium,large,giant}-{navigate,stitch}-v0 (with a humanoid expert you trained); "
     "each also with the suffixes -singletask[-taskN] or -oraclerep before -v0."
 )
-
-
-class DatasetError(ValueError):
-    """
-    A dataset name, file or its contents is unusable. The message names the file or name
-    and the fix.
-    """
 
 
 class UnknownDatasetError(DatasetError):

@@ -34,9 +34,9 @@ from .._losses import adjoint_matching_loss, soc_objective
 from .._paths import result_dtype, uniform_grid
 from .._sde import sample_ode, sample_sde
 from .._trust_region import DualState
+from .buffers import ChunkBatch
 from .config import AgentConfig
-from .data import ChunkBatch
-from .networks import CriticEnsemble, ema_update, VelocityField
+from .networks import CriticEnsemble, ema_update, VelocityMLP
 from .pretrain import behaviour_flow_loss, clipped_adam
 
 
@@ -46,7 +46,7 @@ def _frozen(module):
     return eqx.combine(jax.lax.stop_gradient(arrays), static)
 
 
-def check_same_structure(flow: VelocityField, like: VelocityField, what: str) -> None:
+def check_same_structure(flow: VelocityMLP, like: VelocityMLP, what: str) -> None:
     """Raise `ValueError` unless `flow` has the structure and array shapes of `like` (naming both)."""
     shape = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), eqx.filter(m, eqx.is_array))  # noqa: E731
     same = jax.tree.structure(flow) == jax.tree.structure(like) and shape(flow) == shape(like)
@@ -57,7 +57,7 @@ def check_same_structure(flow: VelocityField, like: VelocityField, what: str) ->
         )
 
 
-def _describe(flow: VelocityField) -> str:
+def _describe(flow: VelocityMLP) -> str:
     return (
         f"observation {flow.obs_dim}, flattened chunk {flow.action_dim}, hidden {tuple(flow.mlp.hidden_sizes)}, "
         f"layer_norm {flow.mlp.layer_norm}"
@@ -72,8 +72,8 @@ class Trainables(eqx.Module):
     """The parameters that receive gradients: critic, behaviour flow, policy flow."""
 
     critic: CriticEnsemble
-    behaviour: VelocityField
-    policy: VelocityField
+    behaviour: VelocityMLP
+    policy: VelocityMLP
 
 
 class AbstractFlowAgent(eqx.Module):
@@ -81,7 +81,7 @@ class AbstractFlowAgent(eqx.Module):
 
     nets: Trainables
     target_critic: CriticEnsemble
-    base: VelocityField  # EMA of the behaviour flow: the base of the SOC problem
+    base: VelocityMLP  # EMA of the behaviour flow: the base of the SOC problem
     opt_state: PyTree
     dual: DualState
     key: PRNGKeyArray
@@ -99,7 +99,7 @@ class AbstractFlowAgent(eqx.Module):
         action_dim: int,
         config: AgentConfig,
         *,
-        pretrained: VelocityField | None = None,
+        pretrained: VelocityMLP | None = None,
     ):
         """A fresh agent for observations of width `obs_dim` and actions of width `action_dim`
         (the flows and the critic act on chunks of `config.horizon` actions, flattened).
@@ -121,10 +121,10 @@ class AbstractFlowAgent(eqx.Module):
             layer_norm=config.critic_layer_norm,
             key=k_critic,
         )
-        behaviour = VelocityField(
+        behaviour = VelocityMLP(
             obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_behaviour
         )
-        policy = VelocityField(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_policy)
+        policy = VelocityMLP(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_policy)
         if pretrained is not None:
             check_same_structure(pretrained, behaviour, "pretrained")
             behaviour = policy = pretrained
@@ -154,7 +154,7 @@ class AbstractFlowAgent(eqx.Module):
 
     @abc.abstractmethod
     def actor_loss(
-        self, policy: VelocityField, batch: ChunkBatch, key: PRNGKeyArray
+        self, policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """The policy's loss on a batch and its metrics (including `kl`, per action step)."""
 
@@ -168,7 +168,7 @@ class AbstractFlowAgent(eqx.Module):
     def times(self) -> Float[Array, " n"]:
         return uniform_grid(self.config.flow_steps)
 
-    def flow_actions(self, flow: VelocityField, observations: Array, key: PRNGKeyArray) -> Array:
+    def flow_actions(self, flow: VelocityMLP, observations: Array, key: PRNGKeyArray) -> Array:
         """Euler ODE of `flow` from N(0, I) noise, clipped to [-1, 1]: flattened chunks `(B, H*A)`."""
         noise = jr.normal(key, observations.shape[:-1] + (self.config.horizon * self.action_dim,), observations.dtype)
         x1 = sample_ode(flow, noise, self.times, args=observations)
@@ -213,7 +213,7 @@ class AbstractFlowAgent(eqx.Module):
         loss = jnp.mean(valid[:, None] * (q.astype(dtype) - target[:, None].astype(dtype)) ** 2)
         return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
 
-    def behaviour_loss(self, behaviour: VelocityField, batch: ChunkBatch, key: PRNGKeyArray):
+    def behaviour_loss(self, behaviour: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray):
         """Flow matching of the behaviour flow on the data's chunks (mean over entries, valid chunks;
         [`flowsoc.rl.pretrain.behaviour_flow_loss`][])."""
         return behaviour_flow_loss(behaviour, batch, key)
@@ -265,7 +265,7 @@ class AbstractFlowAgent(eqx.Module):
     # ------------------------------------------------------------------ adjoint matching (QAM, TRQAM)
 
     def adjoint_matching_actor_loss(
-        self, policy: VelocityField, batch: ChunkBatch, key: PRNGKeyArray, lam, scale: float = 1.0
+        self, policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray, lam, scale: float = 1.0
     ):
         """Adjoint matching of the policy towards $\\bar\\pi_\\beta e^{Q/\\lambda}$ (batch mean, times
         `scale`), and the path KL to the base per action step (pre-update parameters, no gradient)."""

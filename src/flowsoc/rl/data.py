@@ -1,5 +1,6 @@
-"""OGBench data for offline and online RL: find or generate the official files, load
-them through OGBench's own loader, put them on the device, and sample action chunks.
+"""OGBench data for offline and online RL: find or generate the official files and load them
+through OGBench's own loader (the device side, `Transitions` and chunk sampling, is
+`flowsoc.rl.buffers`, re-exported here).
 
 The pipeline:
 
@@ -19,7 +20,6 @@ The pipeline:
    `sample_sequence` semantics; `ReplayBuffer` adds online transitions.
 """
 
-import dataclasses
 import json
 import os
 import warnings
@@ -29,12 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._datagen_recipes import (
     DatasetError,
@@ -53,36 +50,38 @@ from ._dataset_files import (
     generate_command,
     temporary_path,
 )
+from .buffers import (  # re-exported: the device side of the data, for the agents and the loops
+    _FIELDS,
+    ACTION_CLIP_EPS,
+    add_transitions,
+    append_transitions,
+    chunk_start_indices,
+    ChunkBatch,
+    clip_actions,
+    gather_chunks,
+    ReplayBuffer,
+    sample_chunks,
+    sparsify_rewards,
+    Transitions,
+)
 
 
 __all__ = [
     "DATA_DIR_ENV",
-    "ChunkBatch",
     "DatasetError",
     "DatasetMismatchError",
     "DatasetNotFoundError",
-    "ReplayBuffer",
-    "Transitions",
     "UnknownDatasetError",
     "UnsupportedDatasetError",
-    "add_transitions",
-    "append_transitions",
-    "chunk_start_indices",
-    "clip_actions",
     "resolve_data_dir",
     "dataset_paths",
-    "gather_chunks",
     "load_ogbench",
     "load_replay_buffer",
     "parse_dataset_name",
     "resolve_dataset",
-    "sample_chunks",
     "save_replay_buffer",
-    "sparsify_rewards",
     "validate_dataset_file",
 ]
-
-ACTION_CLIP_EPS = 1e-5
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
@@ -310,18 +309,6 @@ def validate_dataset_file(path: str | os.PathLike, name: str | None = None) -> d
     )
 
 
-def clip_actions(actions: np.ndarray, eps: float = ACTION_CLIP_EPS) -> np.ndarray:
-    """Clip dataset actions to `[-1 + eps, 1 - eps]` (the QAM reference does this so
-    that `atanh` and log-densities stay finite)."""
-    return np.clip(actions, -1.0 + eps, 1.0 - eps).astype(actions.dtype, copy=False)
-
-
-def sparsify_rewards(rewards: np.ndarray) -> np.ndarray:
-    """QAM's sparse reward: `-1` wherever OGBench's reward is non-zero (a sub-goal is
-    unmet), `0` on success."""
-    return -(np.asarray(rewards) != 0).astype(np.float32)
-
-
 def load_ogbench(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -402,226 +389,6 @@ def load_ogbench(
         if use_sparse and "rewards" in data:
             data["rewards"] = sparsify_rewards(data["rewards"])
     return env, train, val
-
-
-# --------------------------------------------------------------------------------------
-# Device-side transitions, chunk sampling, replay buffer
-# --------------------------------------------------------------------------------------
-
-
-class Transitions(eqx.Module):
-    """A flat table of transitions on the device, in OGBench's layout (row t is
-    `(s_t, a_t, r_t, s_{t+1})`; `terminals[t] = 1` at each episode's last transition).
-
-    All fields are float32 arrays with the same leading length `n`.
-    """
-
-    observations: Float[Array, "n *obs"]
-    actions: Float[Array, "n act"]
-    rewards: Float[Array, " n"]
-    masks: Float[Array, " n"]  # 0 where the step reaches the goal (no bootstrap), else 1
-    terminals: Float[Array, " n"]  # 1 at the last transition of an episode
-    next_observations: Float[Array, "n *obs"]
-    sparse_rewards: bool | None = eqx.field(static=True, default=None)
-    """Whether the rewards were made sparse when loaded (`None`: not recorded); the online phase applies the
-    same rule to the rewards it collects."""
-
-    @classmethod
-    def from_numpy(cls, data: Mapping[str, Any], name: str = "", sparse_rewards: bool | None = None) -> "Transitions":
-        """Device copy of an OGBench dataset dict (as from `load_ogbench`) in float32. `sparse_rewards`: whether
-        its rewards were made sparse (recorded for the online phase).
-
-        Needs `rewards` and `masks`, which only single-task datasets have.
-        """
-        missing = [f for f in _FIELDS if f not in data]
-        if missing:
-            where = f" of {name!r}" if name else ""
-            raise DatasetError(
-                f"the dataset{where} lacks {missing}: chunk sampling needs rewards and "
-                f"masks, which OGBench adds only for single-task names "
-                f"(e.g. 'cube-double-play-singletask-task2-v0')."
-            )
-        n = len(data["terminals"])
-        bad = {f: len(data[f]) for f in _FIELDS if len(data[f]) != n}
-        if bad:
-            raise DatasetError(f"mismatched lengths {bad} (terminals: {n})")
-        arrays = {f: jnp.asarray(np.asarray(data[f]), dtype=jnp.float32) for f in _FIELDS}
-        return cls(**arrays, sparse_rewards=sparse_rewards)
-
-    @property
-    def size(self) -> int:
-        return self.terminals.shape[0]
-
-
-_FIELDS = ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
-
-
-class ReplayBuffer(eqx.Module):
-    """A fixed-capacity, device-resident ring buffer of transitions.
-
-    `data` holds `capacity` rows, of which the first `size` are filled; `pointer` is the
-    row the next transition goes to. It starts from an offline dataset
-    (`ReplayBuffer.from_transitions`, QAM's `create_from_initial_dataset`) and grows with
-    `add_transitions`; once full, the oldest rows are overwritten. Being an
-    `eqx.Module`, it can go into any checkpoint pytree (`eqx.tree_serialise_leaves`);
-    `save_replay_buffer` / `load_replay_buffer` are self-describing npz alternatives.
-    """
-
-    data: Transitions
-    size: Int[Array, ""]
-    pointer: Int[Array, ""]
-
-    @property
-    def capacity(self) -> int:
-        return self.data.terminals.shape[0]
-
-    @classmethod
-    def from_transitions(cls, initial: Transitions, capacity: int) -> "ReplayBuffer":
-        """A buffer of `capacity` rows holding `initial` in its first rows."""
-        n = initial.size
-        if capacity < n:
-            raise ValueError(f"capacity {capacity} < initial dataset size {n}")
-
-        def grow(x):
-            pad = jnp.zeros((capacity - n,) + x.shape[1:], x.dtype)
-            return jnp.concatenate([x, pad])
-
-        return cls(
-            data=jax.tree.map(grow, initial),
-            size=jnp.asarray(n, jnp.int32),
-            pointer=jnp.asarray(n % capacity, jnp.int32),
-        )
-
-    @classmethod
-    def empty(cls, capacity: int, obs_shape: tuple[int, ...], action_dim: int) -> "ReplayBuffer":
-        """An empty buffer for observations of shape `obs_shape`."""
-        z = lambda *s: jnp.zeros((capacity,) + s, jnp.float32)
-        data = Transitions(z(*obs_shape), z(action_dim), z(), z(), z(), z(*obs_shape))
-        return cls(data, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
-
-
-def add_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer:
-    """Write the `k` rows of `batch` at `pointer, pointer+1, ...` (mod capacity).
-
-    Pure: returns the new buffer (`size = min(size + k, capacity)`). To add one
-    transition, give each field a leading axis of length 1. Under `jax.jit` with the
-    buffer donated, the update is in place.
-    """
-    k = batch.size
-    # The rows take the buffer's record of the reward rule (a static field: the trees must match).
-    batch = dataclasses.replace(batch, sparse_rewards=buffer.data.sparse_rewards)
-    if k > buffer.capacity:
-        raise ValueError(f"cannot add {k} rows to a buffer of capacity {buffer.capacity}")
-    rows = (buffer.pointer + jnp.arange(k, dtype=jnp.int32)) % buffer.capacity
-    data = jax.tree.map(lambda buf, new: buf.at[rows].set(new.astype(buf.dtype)), buffer.data, batch)
-    return ReplayBuffer(
-        data=data,
-        size=jnp.minimum(buffer.size + k, buffer.capacity).astype(jnp.int32),
-        pointer=((buffer.pointer + k) % buffer.capacity).astype(jnp.int32),
-    )
-
-
-@eqx.filter_jit(donate="all")
-def append_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer:
-    """`add_transitions` compiled with `buffer` and `batch` donated: written in place, one
-    compilation per batch shape (the online loop and the expert trainer append fixed-size blocks)."""
-    return add_transitions(buffer, batch)
-
-
-class ChunkBatch(eqx.Module):
-    """A batch of length-`H` action chunks starting at `s_t` (QAM's `sample_sequence`).
-
-    With `valid[:, i] = 1` while no episode end lies strictly before step `i`:
-
-    - `observations` `(B, obs)`: `s_t`.
-    - `actions` `(B, H, act)`: `a_t ... a_{t+H-1}` as stored (rows past an episode end
-      belong to the next episode; mask them with `valid`).
-    - `rewards` `(B, H)`: running discounted sums `sum_{k<=i} gamma^k r_{t+k} valid_k`;
-      `rewards[:, -1]` is the chunk return `R_H`.
-    - `masks` `(B, H)`: running minimum of the valid steps' masks; `masks[:, -1]`
-      multiplies the bootstrap `gamma^H Q(s', a')`.
-    - `terminals` `(B, H)`: running maximum of `terminals`.
-    - `valid` `(B, H)`: 1 for steps inside the starting episode, 0 after its end.
-    - `next_observations` `(B, H, obs)`: `s_{t+i+1}` for valid steps, repeated from the
-      last valid step after an episode end; `next_observations[:, -1]` is the state after
-      the chunk, `s'` of the critic target.
-    """
-
-    observations: Float[Array, "batch *obs"]
-    actions: Float[Array, "batch horizon act"]
-    rewards: Float[Array, "batch horizon"]
-    masks: Float[Array, "batch horizon"]
-    terminals: Float[Array, "batch horizon"]
-    valid: Float[Array, "batch horizon"]
-    next_observations: Float[Array, "batch horizon *obs"]
-
-
-def chunk_start_indices(
-    key: PRNGKeyArray, size: int | Int[Array, ""], batch_size: int, horizon: int
-) -> Int[Array, " batch"]:
-    """Uniform chunk starts in `[0, size - horizon]` (QAM: `randint(size - H + 1)`)."""
-    return jr.randint(key, (batch_size,), 0, size - horizon + 1, dtype=jnp.int32)
-
-
-def gather_chunks(
-    data: Transitions,
-    starts: Int[Array, " batch"],
-    horizon: int,
-    discount: float | Float[Array, ""],
-) -> ChunkBatch:
-    """The chunks of `horizon` steps starting at rows `starts` (see `ChunkBatch`).
-
-    Pure and vectorised: one gather per field, no loop over steps, so it runs under
-    `jax.jit`/`lax.scan` without host round trips. Rows `starts + horizon - 1` must
-    exist.
-    """
-    steps = jnp.arange(horizon, dtype=jnp.int32)
-    idx = starts[:, None] + steps[None, :]  # (B, H)
-    term = data.terminals[idx]
-    ended = jax.lax.cummax(term, axis=1)
-    dtype = data.rewards.dtype
-    valid = jnp.concatenate([jnp.ones_like(ended[:, :1]), 1.0 - ended[:, :-1]], axis=1).astype(dtype)
-    gamma = jnp.asarray(discount, dtype) ** steps.astype(dtype)
-    rewards = jnp.cumsum(data.rewards[idx] * gamma[None, :] * valid, axis=1)
-    masks = jax.lax.cummin(jnp.where(valid > 0, data.masks[idx], jnp.inf), axis=1)
-    # valid is a prefix of ones: the last valid step of row b is n_valid[b] - 1.
-    n_valid = jnp.sum(valid, axis=1).astype(jnp.int32)
-    last = starts[:, None] + jnp.minimum(steps[None, :], n_valid[:, None] - 1)
-    return ChunkBatch(
-        observations=data.observations[starts],
-        actions=data.actions[idx],
-        rewards=rewards,
-        masks=masks,
-        terminals=ended,
-        valid=valid,
-        next_observations=data.next_observations[last],
-    )
-
-
-def sample_chunks(
-    data: Transitions | ReplayBuffer,
-    key: PRNGKeyArray,
-    batch_size: int,
-    horizon: int,
-    discount: float | Float[Array, ""],
-) -> ChunkBatch:
-    """Sample `batch_size` action chunks of length `horizon` uniformly (see
-    `ChunkBatch` for the fields), from an offline `Transitions` table or the filled part
-    of a `ReplayBuffer`.
-
-    Jittable with `batch_size` and `horizon` static, e.g.
-    `eqx.filter_jit(sample_chunks)(data, key, 256, 5, 0.99)`; semantics equal QAM's
-    `Dataset.sample_sequence` (start `t ~ U{0, ..., size - H}`). As there, a buffer's
-    chunks are not cut at the ring's write position.
-    """
-    if isinstance(data, ReplayBuffer):
-        size, table = data.size, data.data
-    else:
-        size, table = data.size, data
-        if size < horizon:
-            raise ValueError(f"dataset of {size} rows is shorter than horizon {horizon}")
-    starts = chunk_start_indices(key, size, batch_size, horizon)
-    return gather_chunks(table, starts, horizon, discount)
 
 
 # --------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from .._checkpoint import CheckpointError, latest_checkpoint, read_meta, save_tr
 from .._driver import AbstractProgressMeter, AbstractTrainer, Block, drive, Saved
 from .._logging import read_rows
 from ._expert_actor import ExpertError, file_sha256, load_expert, NumpyActor, SHIPPED, subgoal_direction
-from .data import add_transitions, ReplayBuffer, Transitions
+from .buffers import add_transitions, ReplayBuffer, Transitions
 from .envs import InProcessEnvs
 from .online import Collector
 from .sac import SAC, sac_updates, SACConfig

@@ -1,7 +1,7 @@
 r"""Network building blocks of the RL agents: an MLP, an observation-conditioned velocity field,
 a critic ensemble, Polyak (EMA) averaging and a parameter count.
 
-Modules act on unbatched inputs (batch with `jax.vmap`), except [`flowsoc.rl.networks.VelocityField`][],
+Modules act on unbatched inputs (batch with `jax.vmap`), except [`flowsoc.rl.networks.VelocityMLP`][],
 which also accepts a batched state so that the SOC core can pass a whole batch at once. The layouts and
 the initialisation follow the reference QAM/TRQAM networks: hidden layers `Linear → GELU → LayerNorm`
 (LayerNorm optional), Glorot-uniform kernels, zero biases.
@@ -129,7 +129,7 @@ class MLP(eqx.Module):
         return self.layers[-1](x)
 
 
-class VelocityField(eqx.Module):
+class VelocityMLP(eqx.Module):
     r"""An observation-conditioned flow velocity field with flowsoc's convention
     `field(t, x, args) -> dx/dt`, where `args` is the observation:
 
@@ -184,15 +184,15 @@ class VelocityField(eqx.Module):
         like `x` (the observation and `t` are cast to `x`'s dtype)."""
         obs = args
         if x.ndim < 1 or x.shape[-1] != self.action_dim:
-            raise ValueError(f"VelocityField: x must have shape (..., {self.action_dim}), got {x.shape}.")
+            raise ValueError(f"VelocityMLP: x must have shape (..., {self.action_dim}), got {x.shape}.")
         if obs.shape != (*x.shape[:-1], self.obs_dim):
             raise ValueError(
-                f"VelocityField: the observation (args) must have shape {(*x.shape[:-1], self.obs_dim)} to match "
+                f"VelocityMLP: the observation (args) must have shape {(*x.shape[:-1], self.obs_dim)} to match "
                 f"x of shape {x.shape}, got {obs.shape}."
             )
         t = jnp.asarray(t)
         if t.ndim != 0:
-            raise ValueError(f"VelocityField: t must be a scalar, got shape {t.shape}.")
+            raise ValueError(f"VelocityMLP: t must be a scalar, got shape {t.shape}.")
         batch = x.shape[:-1]
         tt = jnp.broadcast_to(t.astype(x.dtype), (*batch, 1))
         inputs = jnp.concatenate([obs.astype(x.dtype), x, tt], axis=-1)

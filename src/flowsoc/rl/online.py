@@ -40,13 +40,11 @@ from .._checkpoint import CheckpointError, latest_checkpoint
 from .._driver import AbstractTrainer, Block, drive, Saved
 from .._logging import AbstractLogger, read_rows
 from .agents import AbstractFlowAgent
-from .data import _FIELDS, add_transitions, append_transitions, ReplayBuffer, sparsify_rewards, Transitions
+from .buffers import _FIELDS, add_transitions, append_transitions, ReplayBuffer, sparsify_rewards, Transitions
 from .envs import EnvRunner, make_env_runner
 from .evaluate import agent_policy
 from .pretrain import dataset_fingerprint
 from .train import (
-    _meta,
-    _postfix,
     check_block_multiples,
     check_eval_flows,
     check_positive_ints,
@@ -55,6 +53,8 @@ from .train import (
     finish_block,
     fused_updates,
     plot_learning_curve,
+    progress_postfix,
+    run_meta,
     TrainResult,
 )
 
@@ -447,7 +447,7 @@ class OnlineTrainer(AbstractTrainer):
         return None
 
     def postfix(self, row, last_eval):
-        postfix = _postfix(row, last_eval)
+        postfix = progress_postfix(row, last_eval)
         if "online/success" in row:
             postfix["online"] = f"{100 * row['online/success']:.0f}%"
         return postfix
@@ -485,7 +485,7 @@ def train_online(
     the online phase starts. `resume=True` continues from the newest online checkpoint.
     """
     if not isinstance(offline, Transitions):
-        raise TypeError(f"offline must be a flowsoc.rl.data.Transitions, got {type(offline).__name__}.")
+        raise TypeError(f"offline must be a flowsoc.rl.buffers.Transitions, got {type(offline).__name__}.")
     directory = None if run_dir is None else pathlib.Path(run_dir)
     agent = with_kl_budget(agent, config.kl_budget)
     capacity = offline.size + config.steps if config.buffer_capacity is None else config.buffer_capacity
@@ -495,7 +495,7 @@ def train_online(
             f"{config.steps} online steps; leave it None or raise it."
         )
     meta = {
-        **_meta(agent, config, info or {}),
+        **run_meta(agent, config, info or {}),
         "offline_data": dataset_fingerprint(offline),
         "num_envs": config.num_envs,
         "utd": config.utd,

@@ -29,13 +29,13 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._checkpoint import CheckpointError
 from .._losses import flow_matching_loss
+from .buffers import ChunkBatch, Transitions
 from .config import AgentConfig
-from .data import ChunkBatch, Transitions
-from .networks import VelocityField
+from .networks import VelocityMLP
 
 
 def behaviour_flow_loss(
-    flow: VelocityField, batch: ChunkBatch, key: PRNGKeyArray
+    flow: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     r"""Flow matching of a behaviour flow on the data's chunks, as the official codes weigh it:
     $\mathrm{mean}_b\big[\mathrm{valid}_b \cdot \mathrm{mean}_d (v(t_b, x_{t_b}; s_b) - (a_b - x_{0,b}))_d^2\big]$,
@@ -95,7 +95,7 @@ class BCPretrainer(eqx.Module):
     [`behaviour_flow_loss`][flowsoc.rl.pretrain.behaviour_flow_loss] on the flow (global-norm clip as the
     agents'), so that [`flowsoc.rl.train.train_offline`][] trains it. Pure: `update` returns a new one."""
 
-    flow: VelocityField
+    flow: VelocityMLP
     opt_state: PyTree
     key: PRNGKeyArray
     step: Int[Array, ""]
@@ -107,7 +107,7 @@ class BCPretrainer(eqx.Module):
         """A fresh behaviour flow for observations of width `obs_dim` and chunks of `config.horizon` actions
         of width `action_dim`."""
         k_flow, k_loss = jr.split(key)
-        flow = VelocityField(
+        flow = VelocityMLP(
             obs_dim,
             config.horizon * int(action_dim),
             config.actor_hidden,
@@ -150,7 +150,7 @@ def pretrain_behaviour(
     config: BCConfig,
     train_config,
     directory: str | os.PathLike,
-) -> VelocityField:
+) -> VelocityMLP:
     """The behaviour flow pre-trained on `data` for `train_config.steps` steps, from `directory`.
 
     A complete checkpoint in `directory` is reused (after checking that it was trained on the same

@@ -27,7 +27,7 @@ import jax.random as jr
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .data import ReplayBuffer, Transitions
+from .buffers import ReplayBuffer, Transitions
 from .networks import CriticEnsemble, ema_update, MLP
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -38,14 +38,15 @@ from jaxtyping import Array, ArrayLike, PyTree, UInt
 from .._checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .._driver import AbstractTrainer, Block, drive, Saved
 from .._logging import AbstractLogger
+from ._custom_types import SeedEvaluator
 from .agents import AbstractFlowAgent
+from .buffers import Transitions
 from .config import AgentConfig
-from .data import Transitions
 from .pretrain import dataset_fingerprint
 from .train import (
-    _first_non_finite,
     check_dataset,
     finish_block,
+    first_non_finite,
     fused_updates,
     fused_updates_body,
     plot_learning_curve,
@@ -55,9 +56,6 @@ from .train import (
 
 
 SEED_AXIS = "seeds"
-
-SeedEvaluator = Callable[[AbstractFlowAgent, int, int], dict[str, float]]
-"""`evaluator(agent, step, seed) -> metrics` for one seed's (unstacked) agent."""
 
 
 # ---------------------------------------------------------------------------------- stacking
@@ -379,7 +377,7 @@ def _locate(agents, data, seeds: list[int], metrics, step: int, n: int, batch_si
     host = _uncommitted(agents)
     for i, s in enumerate(seeds):
         if metrics is not None:
-            bad = _first_non_finite({k: v[i] for k, v in metrics.items()})
+            bad = first_non_finite({k: v[i] for k, v in metrics.items()})
             if bad is not None:
                 found.append(f"{', '.join(bad[1])} at update step {step + bad[0] + 1} in seed {s}")
         else:

@@ -36,14 +36,10 @@ from .._checkpoint import (
 )
 from .._driver import AbstractTrainer, Block, drive, NonFiniteError, Saved
 from .._logging import AbstractLogger, MetricsLog
+from ._custom_types import Agent, Evaluator
 from .agents import AbstractFlowAgent
-from .data import ReplayBuffer, sample_chunks, Transitions
+from .buffers import ReplayBuffer, sample_chunks, Transitions
 from .pretrain import dataset_fingerprint
-
-
-Agent = eqx.Module
-"""What the loops train: a pure `eqx.Module` with `update(batch) -> (new, metrics)`, an integer array `step`
-and a static `config` with `horizon` and `discount` (the flow agents, or `flowsoc.rl.pretrain.BCPretrainer`)."""
 
 
 NonFiniteLossError = NonFiniteError
@@ -169,7 +165,7 @@ def fused_updates(
 # ---------------------------------------------------------------------------------- checkpoints
 
 
-def _meta(agent: Agent, config: Any, info: dict) -> dict:
+def run_meta(agent: Agent, config: Any, info: dict) -> dict:
     """Checkpoint metadata; `config` is the loop's config (`TrainConfig` or `OnlineConfig`)."""
     return {
         "agent": type(agent).__name__,
@@ -302,9 +298,6 @@ def plot_learning_curve(
 # ---------------------------------------------------------------------------------- the loop
 
 
-Evaluator = Callable[[AbstractFlowAgent, int], dict[str, float]]
-
-
 def ogbench_evaluator(env_name: str, config: TrainConfig, **env_kwargs) -> Evaluator:
     """Evaluate `config.eval_flows` of an agent in OGBench's `env_name` over
     `config.eval_episodes` episodes (the environments are built once, on first use, with
@@ -343,7 +336,9 @@ class TrainResult:
         return [r for r in self.rows if r["kind"] == "train"]
 
 
-def _first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, list[str]] | None:
+def first_non_finite(metrics: dict[str, np.ndarray]) -> tuple[int, list[str]] | None:
+    """The index of the first non-finite value over all `metrics` (arrays over steps) and the metrics that
+    have one there; `None` when every value is finite."""
     bad = {k: np.flatnonzero(~np.isfinite(v)) for k, v in metrics.items()}
     bad = {k: v for k, v in bad.items() if v.size}
     if not bad:
@@ -364,12 +359,14 @@ def finish_block(dispatch: Callable[[], tuple[Any, dict]], step: int, n: int):
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         reason = next((line for line in lines if "NaN" in line or "infinite" in line), lines[0] if lines else "")
         return None, None, f"values within update steps {step + 1}-{step + n} ({reason})"
-    bad = _first_non_finite(metrics)
+    bad = first_non_finite(metrics)
     what = None if bad is None else f"{', '.join(bad[1])} at update step {step + bad[0] + 1}"
     return new, metrics, what
 
 
-def _postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
+def progress_postfix(row: dict, last_eval: dict | None) -> dict[str, str]:
+    """The progress bar's live values: the losses, KL and λ of `row` (the BC loss in pre-training), and the
+    success rates of the last evaluation."""
     out = {k: f"{row[k]:.3g}" for k in ("critic_loss", "actor_loss", "kl", "lam") if k in row}
     if not out and "behaviour_loss" in row:  # BC pre-training
         out["bc_loss"] = f"{row['behaviour_loss']:.3g}"
@@ -418,7 +415,7 @@ class OfflineTrainer(AbstractTrainer):
         return agent.step
 
     def postfix(self, row, last_eval):
-        return _postfix(row, last_eval)
+        return progress_postfix(row, last_eval)
 
     def finish(self, rows, directory):
         if directory is not None:
@@ -430,7 +427,7 @@ def check_dataset(data: Any, horizon: int, batch_size: int | None = None, name: 
     """Refuse anything but `Transitions` with at least one chunk of `horizon` steps; warn when a batch
     holds more chunks than the dataset has transitions (each batch then repeats chunks)."""
     if not isinstance(data, Transitions):
-        raise TypeError(f"{name} must be a flowsoc.rl.data.Transitions, got {type(data).__name__}.")
+        raise TypeError(f"{name} must be a flowsoc.rl.buffers.Transitions, got {type(data).__name__}.")
     if data.size < horizon:
         raise ValueError(f"the dataset has {data.size} transitions, fewer than the chunk length {horizon}.")
     if batch_size is not None and batch_size > data.size:
@@ -463,7 +460,7 @@ def train_offline(
     stored in the checkpoint's metadata; `loggers` receive every row (e.g. TensorBoard).
     """
     check_dataset(data, agent.config.horizon, config.batch_size)
-    meta = {**_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
+    meta = {**run_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
     trainer = OfflineTrainer(data, config, meta, evaluator, " · ".join(str(v) for v in (info or {}).values()))
     result = drive(
         trainer,
