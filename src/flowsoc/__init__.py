@@ -21,8 +21,8 @@ from ._driver import (
     AbstractTrainer as AbstractTrainer,
     Block as Block,
     drive as drive,
-    NoProgressMeter as NoProgressMeter,
     NonFiniteError as NonFiniteError,
+    NoProgressMeter as NoProgressMeter,
     Saved as Saved,
     TextProgressMeter as TextProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
@@ -33,13 +33,13 @@ from ._finetune import (
     Finetuner as Finetuner,
     FinetuneState as FinetuneState,
 )
+from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
 from ._logging import (
     AbstractLogger as AbstractLogger,
     MetricsLog as MetricsLog,
     TensorBoardLogger as TensorBoardLogger,
     WandbLogger as WandbLogger,
 )
-from ._kl import optimal_kl as optimal_kl, path_kl as path_kl
 from ._losses import (
     adjoint_matching_loss as adjoint_matching_loss,
     flow_matching_loss as flow_matching_loss,

@@ -318,9 +318,9 @@ def load_checkpoint(
     """Restore the newest readable checkpoint of `directory` into the structure of `like`.
 
     With `meta`, a checkpoint whose `keys` differ from `meta`'s is refused, naming each difference.
-    `step_of(tree)` (e.g. `lambda a: a.step`; `None` for no check) is checked against the step in `meta.json`. When the newest
-    checkpoint is unreadable (a disk error, a file damaged by hand), the previous one is used with a
-    warning naming both. `folder` reads that folder only. Returns `(tree, saved meta, folder)`; raises
+    `step_of(tree)` (e.g. `lambda a: a.step`; returning `None`: no check) is checked against the step in
+    `meta.json`. When the newest checkpoint is unreadable (a disk error, a file damaged by hand), the
+    previous one is used with a warning naming both. `folder` reads that folder only. Returns `(tree, saved meta, folder)`; raises
     `CheckpointError` naming the problem."""
     directory = pathlib.Path(directory)
     candidates = [pathlib.Path(folder)] if folder is not None else list_checkpoints(directory)

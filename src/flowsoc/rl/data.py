@@ -51,18 +51,18 @@ from ._dataset_files import (
     temporary_path,
 )
 from .buffers import (  # re-exported: the device side of the data, for the agents and the loops
-    _FIELDS,
-    ACTION_CLIP_EPS,
-    add_transitions,
-    append_transitions,
-    chunk_start_indices,
-    ChunkBatch,
-    clip_actions,
-    gather_chunks,
-    ReplayBuffer,
-    sample_chunks,
-    sparsify_rewards,
-    Transitions,
+    _FIELDS as _FIELDS,
+    ACTION_CLIP_EPS as ACTION_CLIP_EPS,
+    add_transitions as add_transitions,
+    append_transitions as append_transitions,
+    chunk_start_indices as chunk_start_indices,
+    ChunkBatch as ChunkBatch,
+    clip_actions as clip_actions,
+    gather_chunks as gather_chunks,
+    ReplayBuffer as ReplayBuffer,
+    sample_chunks as sample_chunks,
+    sparsify_rewards as sparsify_rewards,
+    Transitions as Transitions,
 )
 
 
