@@ -145,6 +145,10 @@ def test_plan_bc_pretraining():
     assert plan(OfflineArgs(smoke=True, agent="qam", pretrain_steps=40)).pretrain.steps == 40
     with pytest.raises(ValueError, match="--bc-checkpoint needs --pretrain-steps > 0"):
         plan(OfflineArgs(smoke=True, pretrain_steps=0, bc_checkpoint="my/bc"))
+    with pytest.raises(ValueError, match=r"--seed must be an integer in \[0, 2\^31\), got -1"):
+        plan(OfflineArgs(smoke=True, seed=-1))
+    with pytest.raises(ValueError, match="--workers must be at least 1"):
+        plan(OfflineArgs(smoke=True, workers=0))
     with pytest.raises(ValueError, match="--bc-checkpoint needs --pretrain-steps > 0"):
         plan(OfflineArgs(smoke=True, agent="qam", bc_checkpoint="my/bc"))
     with pytest.raises(ValueError, match="--pretrain-steps must be a non-negative integer, got -5"):

@@ -221,6 +221,8 @@ def test_train_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="eval_flows"):
         TrainConfig(eval_flows=("actor",))
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^31\), got -1"):
+        TrainConfig(seed=-1)
 
 
 def test_metrics_log_restore_keeps_rows_up_to_step(tmp_path):

@@ -151,6 +151,11 @@ def plan(args: OfflineArgs) -> Plan:
             episodes=None,
             pretrain=preset.pretrain_steps,
         )
+    for flag, value in (("--seed", args.seed), ("--bc-seed", args.bc_seed)):
+        if not 0 <= value < 2**31:
+            raise ValueError(f"{flag} must be an integer in [0, 2^31), got {value}.")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers} (processes for dataset generation).")
     if args.kl_budget is not None:
         settings["kl_budget"] = args.kl_budget
     if args.inv_temp is not None:

@@ -48,6 +48,7 @@ from .train import (
     check_block_multiples,
     check_eval_flows,
     check_positive_ints,
+    check_seed,
     CHECKED_KEYS,
     Evaluator,
     finish_block,
@@ -113,6 +114,7 @@ class OnlineConfig:
         check_positive_ints(
             self, ("steps", "utd", "steps_per_dispatch", "batch_size", "num_envs", "eval_episodes", "eval_envs")
         )
+        check_seed(self)
         n = self.steps_per_dispatch
         if n % self.num_envs:
             raise ValueError(

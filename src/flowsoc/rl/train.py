@@ -68,6 +68,13 @@ def check_block_multiples(config: Any, names: tuple[str, ...], why: str) -> None
             )
 
 
+def check_seed(config: Any) -> None:
+    """Raise `ValueError` unless `config.seed` is an integer in [0, 2^31) (it becomes a uint32 key)."""
+    seed = config.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        raise ValueError(f"{type(config).__name__}: seed must be an integer in [0, 2^31), got {seed!r}.")
+
+
 def check_eval_flows(config: Any) -> None:
     """Raise `ValueError` unless every entry of `config.eval_flows` names a flow of the agents."""
     for flow in config.eval_flows:
@@ -111,6 +118,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("steps", "batch_size", "steps_per_dispatch", "eval_episodes", "eval_envs"))
+        check_seed(self)
         check_block_multiples(self, ("steps", "eval_every", "checkpoint_every"), "updates run in fused blocks")
         check_eval_flows(self)
 
