@@ -194,3 +194,36 @@ def test_resuming_decides_between_fine_tuning_and_bc_checkpoints(tmp_path, capsy
     # A resumed fine-tuning run holds every network: no pre-trained flow is needed (nor read).
     assert pretrained_flow(p, data=None, resume=True) is None
     assert pretrained_flow(plan(OfflineArgs(smoke=True, agent="qam")), data=None) is None
+
+
+def test_cli_failures_are_one_line_with_their_exit_codes(capsys):
+    """Usage errors exit 2, run failures 1, Ctrl-C 130 (the driver has already said where the state is),
+    each without a traceback."""
+    import dataclasses as dc
+
+    from flowsoc import CheckpointError
+    from flowsoc.rl.experiment import run_cli
+
+    @dc.dataclass(frozen=True)
+    class Args:
+        x: int = 0
+
+    def failing(error):
+        def run(args):
+            raise error
+
+        return run
+
+    cases = [
+        (ValueError("--steps must be positive"), 2),
+        (CheckpointError("cannot write in /ro (Permission denied)"), 1),
+        (PermissionError(13, "Permission denied", "/ro/metrics.jsonl"), 1),
+        (KeyboardInterrupt(), 130),
+    ]
+    for error, code in cases:
+        assert run_cli(Args, failing(error), argv=[]) == code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if code != 130:
+            assert err.count("\n") == 1 and err.startswith("error: ")
+    assert run_cli(Args, lambda args: None, argv=[]) == 0
