@@ -33,9 +33,14 @@ def test_units_keep_and_latest(tmp_path):
 
 def test_the_earlier_single_slot_layout_is_read(tmp_path):
     _checkpoint.save_tree(tmp_path / "state.eqx", tree(5))
-    (tmp_path / "meta.json").write_text(json.dumps({"step": 5}))
-    loaded, meta, folder = fs.load_checkpoint(tmp_path, tree(0), step_of=lambda t: t["step"])
+    (tmp_path / "meta.json").write_text(json.dumps({"step": 5, "seed": 0}))
+    # keys it did not record yet (a dataset hash) are not held against it; those it did are checked
+    loaded, meta, folder = fs.load_checkpoint(
+        tmp_path, tree(0), meta={"seed": 0, "data": "abc"}, keys=("seed", "data"), step_of=lambda t: t["step"]
+    )
     assert int(loaded["step"]) == 5 and folder == tmp_path
+    with pytest.raises(fs.CheckpointError, match=r"seed \(0 saved, 1 now\)"):
+        fs.load_checkpoint(tmp_path, tree(0), meta={"seed": 1, "data": "abc"}, keys=("seed", "data"))
 
 
 def test_an_unwritable_directory_is_one_line(tmp_path, monkeypatch):

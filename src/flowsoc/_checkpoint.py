@@ -288,10 +288,13 @@ def read_meta(folder: str | os.PathLike) -> dict:
 
 def compare_meta(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     """The entries `keys` that differ between a saved and a current metadata dictionary, each as
-    `"key (saved value saved, current value now)"`; a dictionary entry is compared field by field."""
+    `"key (saved value saved, current value now)"`; a dictionary entry is compared field by field. A key the
+    saved metadata lacks (written before it was recorded) is not compared."""
     mine = json.loads(json.dumps(dict(mine), default=str))
     detail = []
     for k in keys:
+        if k not in saved:
+            continue
         a, b = saved.get(k), mine.get(k)
         if a == b:
             continue
@@ -320,8 +323,8 @@ def load_checkpoint(
     With `meta`, a checkpoint whose `keys` differ from `meta`'s is refused, naming each difference.
     `step_of(tree)` (e.g. `lambda a: a.step`; returning `None`: no check) is checked against the step in
     `meta.json`. When the newest checkpoint is unreadable (a disk error, a file damaged by hand), the
-    previous one is used with a warning naming both. `folder` reads that folder only. Returns `(tree, saved meta, folder)`; raises
-    `CheckpointError` naming the problem."""
+    previous one is used with a warning naming both. `folder` reads that folder only. Returns
+    `(tree, saved meta, folder)`; raises `CheckpointError` naming the problem."""
     directory = pathlib.Path(directory)
     candidates = [pathlib.Path(folder)] if folder is not None else list_checkpoints(directory)
     if not candidates:

@@ -225,8 +225,8 @@ class _DeferInterrupts:
 
     def __enter__(self):
         self.pending = False
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
@@ -234,8 +234,8 @@ class _DeferInterrupts:
         self.pending = True
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        if self.installed:  # `None`: the previous handler was not set from Python; Python's own is the fallback
+            signal.signal(signal.SIGINT, signal.default_int_handler if self.previous is None else self.previous)
         if self.pending and exc[0] is None:
             raise KeyboardInterrupt
         return False
