@@ -208,10 +208,15 @@ def test_load_transitions_rejects_nan_naming_field_and_row():
 
 
 def test_a_batch_larger_than_the_dataset_is_warned_about(data):
-    agent = QAM.create(jr.key(0), OBS, ACT, CONFIG)
-    config = TRAIN.replace(steps=3, batch_size=N + 1, eval_every=0, checkpoint_every=0)
+    # the check train_offline and train_offline_seeds run before anything else (called alone: no compilation)
+    from flowsoc.rl.train import check_dataset
+
     with pytest.warns(UserWarning, match=f"batch size {N + 1} exceeds the dataset's {N} transitions"):
-        train_offline(agent, data, config)
+        check_dataset(data, CONFIG.horizon, N + 1)
+    with pytest.raises(ValueError, match="fewer than the chunk length"):
+        check_dataset(data, N + 1)  # no chunk of N + 1 steps in N transitions
+    with pytest.raises(TypeError, match="must be a flowsoc.rl.buffers.Transitions"):
+        check_dataset({"observations": None}, CONFIG.horizon)
 
 
 def test_train_config_validation():
