@@ -54,6 +54,7 @@ from .train import (
     finish_block,
     fused_updates,
     plot_learning_curve,
+    plotted_kl_budget,
     progress_postfix,
     run_meta,
     TrainResult,
@@ -456,7 +457,7 @@ class OnlineTrainer(AbstractTrainer):
 
     def finish(self, rows, directory):
         if directory is not None:
-            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            kl_budget = plotted_kl_budget(self.meta)
             plot_learning_curve(
                 rows,
                 directory / "learning_curve.png",

@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import Array, ArrayLike, PyTree, UInt
 
 from .._checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
-from .._driver import AbstractTrainer, Block, drive, Saved
+from .._driver import AbstractTrainer, Block, Saved
 from .._logging import AbstractLogger
 from ._custom_types import SeedEvaluator
 from .agents import AbstractFlowAgent
@@ -45,11 +45,13 @@ from .config import AgentConfig
 from .pretrain import dataset_fingerprint
 from .train import (
     check_dataset,
+    drive_offline,
     finish_block,
     first_non_finite,
     fused_updates,
     fused_updates_body,
     plot_learning_curve,
+    plotted_kl_budget,
     TrainConfig,
     TrainResult,
 )
@@ -449,7 +451,7 @@ class SeedsTrainer(AbstractTrainer):
 
     def finish(self, rows, directory):
         if directory is not None:
-            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            kl_budget = plotted_kl_budget(self.meta)
             plot_learning_curve(
                 mean_rows(rows), directory / "learning_curve.png", kl_budget=kl_budget, title=self.title
             )
@@ -495,20 +497,7 @@ def train_offline_seeds(
         agents, seed_array, data = shard_seeds(agents, mesh), shard_seeds(seed_array, mesh), replicate(data, mesh)
     title = " · ".join([*(str(v) for v in (info or {}).values()), f"mean over {len(seeds)} seeds"])
     trainer = SeedsTrainer(data, local_data, config, seeds, seed_array, meta, evaluator, mesh, title)
-    result = drive(
-        trainer,
-        agents,
-        total=config.steps,
-        block_size=config.steps_per_dispatch,
-        run_dir=run_dir,
-        resume=resume,
-        eval_every=config.eval_every,
-        eval_at_start=config.eval_at_start,
-        checkpoint_every=config.checkpoint_every,
-        loggers=loggers,
-        progress=config.progress,
-        resume_flag="--resume",
-    )
+    result = drive_offline(trainer, agents, config, run_dir=run_dir, resume=resume, loggers=loggers)
     directory = None if run_dir is None else pathlib.Path(run_dir)
     return SeedsResult(agent=result.state, rows=result.rows, run_dir=directory, seeds=tuple(seeds))
 

@@ -427,7 +427,7 @@ class OfflineTrainer(AbstractTrainer):
 
     def finish(self, rows, directory):
         if directory is not None:
-            kl_budget = self.meta["agent_config"].get("kl_budget") if self.meta["agent"] == "TRQAM" else None
+            kl_budget = plotted_kl_budget(self.meta)
             plot_learning_curve(rows, directory / "learning_curve.png", kl_budget=kl_budget, title=self.title)
 
 
@@ -444,6 +444,28 @@ def check_dataset(data: Any, horizon: int, batch_size: int | None = None, name: 
             "(lower --batch-size, or use more episodes).",
             stacklevel=3,
         )
+
+
+def drive_offline(trainer: AbstractTrainer, state, config: TrainConfig, **kwargs):
+    """`flowsoc.drive` with the total, block size, cadences and progress of a `TrainConfig` (the offline and
+    multi-seed trainers); `kwargs`: `run_dir`, `resume`, `loggers`."""
+    return drive(
+        trainer,
+        state,
+        total=config.steps,
+        block_size=config.steps_per_dispatch,
+        eval_every=config.eval_every,
+        eval_at_start=config.eval_at_start,
+        checkpoint_every=config.checkpoint_every,
+        progress=config.progress,
+        resume_flag="--resume",
+        **kwargs,
+    )
+
+
+def plotted_kl_budget(meta: dict) -> float | None:
+    """The KL budget a learning curve draws: TRQAM's, from a run's checkpoint metadata (`None` otherwise)."""
+    return meta["agent_config"].get("kl_budget") if meta["agent"] == "TRQAM" else None
 
 
 def train_offline(
@@ -470,20 +492,7 @@ def train_offline(
     check_dataset(data, agent.config.horizon, config.batch_size)
     meta = {**run_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
     trainer = OfflineTrainer(data, config, meta, evaluator, " · ".join(str(v) for v in (info or {}).values()))
-    result = drive(
-        trainer,
-        agent,
-        total=config.steps,
-        block_size=config.steps_per_dispatch,
-        run_dir=run_dir,
-        resume=resume,
-        eval_every=config.eval_every,
-        eval_at_start=config.eval_at_start,
-        checkpoint_every=config.checkpoint_every,
-        loggers=loggers,
-        progress=config.progress,
-        resume_flag="--resume",
-    )
+    result = drive_offline(trainer, agent, config, run_dir=run_dir, resume=resume, loggers=loggers)
     return TrainResult(agent=result.state, rows=result.rows, run_dir=None if run_dir is None else pathlib.Path(run_dir))
 
 
