@@ -1,4 +1,4 @@
-"""Benchmark of the OGBench dataset generator (`flowsoc.rl.datagen`).
+"""Benchmark of the OGBench dataset generator (`python -m flowsoc.rl.datagen`).
 
 Env steps per second (OGBench's scripted oracle + MuJoCo step, everything included) for one
 worker and for several worker processes, on the same episodes (the files are identical

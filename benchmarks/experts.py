@@ -1,11 +1,11 @@
 """Benchmark of the locomotion experts and the navigation datasets they generate.
 
-- SAC training throughput of the ant and humanoid experts (`flowsoc.rl.experts.train_expert`,
+- SAC training throughput of the ant and humanoid experts (`flowsoc.rl.ogbench.train_expert`,
   upstream's recipes: the ant one update of batch 256 per environment step, the humanoid one per
   four with 3x1024 LayerNorm critics), measured over a short run after the random-action phase and
   extrapolated to upstream's 400K and 40M steps, next to the shipped ant expert's recorded full
   training and its evaluation;
-- navigation dataset generation (`flowsoc.rl.datagen`, the expert following the maze's oracle
+- navigation dataset generation (`python -m flowsoc.rl.datagen`, the expert following the maze's oracle
   subgoals) in env steps/s for 1 and 2 worker processes, and the statistics of what was generated
   (`maze_stats`: coverage of the maze's free cells, x-y speed, upright share; goals reached).
 
@@ -32,8 +32,7 @@ warnings.filterwarnings("ignore")
 import jax  # noqa: E402
 
 from flowsoc.rl import datagen  # noqa: E402
-from flowsoc.rl._expert_actor import SHIPPED  # noqa: E402
-from flowsoc.rl.experts import expert_config, make_xy_env, train_expert  # noqa: E402
+from flowsoc.rl.ogbench import expert_config, make_xy_env, SHIPPED, train_expert  # noqa: E402
 
 
 UPSTREAM = {"ant": (400_000, 1), "humanoid": (40_000_000, 4)}  # environment steps, steps per update

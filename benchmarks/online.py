@@ -1,4 +1,4 @@
-"""Benchmark of the online phase (`flowsoc.rl.online`): environment stepping alone, updates alone,
+"""Benchmark of the online phase (`flowsoc.rl.train_online`): environment stepping alone, updates alone,
 and the whole loop with and without overlapping them.
 
 Three measurements on OGBench's cube-single (chunks of 5 actions, the `small` networks):
@@ -35,12 +35,18 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 from update_step import synthetic_table  # noqa: E402  (benchmarks/ is on the path)
 
-from flowsoc.rl import AgentConfig, TRQAM  # noqa: E402
-from flowsoc.rl.data import ReplayBuffer  # noqa: E402
-from flowsoc.rl.envs import make_env_runner, OGBenchEnvFactory  # noqa: E402
-from flowsoc.rl.evaluate import agent_policy  # noqa: E402
-from flowsoc.rl.online import Collector, OnlineConfig, train_online  # noqa: E402
-from flowsoc.rl.train import fused_updates  # noqa: E402
+from flowsoc.rl import (  # noqa: E402  # noqa: E402
+    agent_policy,  # noqa: E402
+    AgentConfig,
+    Collector,
+    fused_updates,  # noqa: E402
+    make_env_runner,  # noqa: E402
+    OnlineConfig,
+    ReplayBuffer,  # noqa: E402
+    train_online,
+    TRQAM,
+)
+from flowsoc.rl.ogbench import OGBenchEnvFactory  # noqa: E402
 
 
 ENV = "cube-single-play-singletask-task1-v0"

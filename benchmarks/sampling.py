@@ -1,4 +1,4 @@
-"""Benchmark of action-chunk sampling: `flowsoc.rl.data.sample_chunks` on the device
+"""Benchmark of action-chunk sampling: `flowsoc.rl.sample_chunks` on the device
 against a plain numpy sampler on the host.
 
 Data: an OGBench-sized table (1M transitions, 40-dim observations as in scene, 5-dim
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from flowsoc.rl.data import sample_chunks, Transitions
+from flowsoc.rl import sample_chunks, Transitions
 
 
 N, OBS, ACT, EPISODE = 1_000_000, 40, 5, 1000

@@ -1,5 +1,5 @@
 """TRQAM throughput with many seeds in one program: update steps per second per seed and in aggregate
-for 1, 2, 4, 8, 16 seeds vmapped together (`flowsoc.rl.seeds.fused_updates_seeds`), for 1 seed with an
+for 1, 2, 4, 8, 16 seeds vmapped together (`flowsoc.rl.fused_updates_seeds`), for 1 seed with an
 8x larger batch, and for 8 single-seed runs dispatched one after another (as separate processes would
 run them; the per-seed rate of that row is the single-seed rate), with compile time and memory.
 
@@ -34,9 +34,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from update_step import ACT, OBS, synthetic_table  # the same synthetic table (benchmarks/ is on the path)
 
-from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.seeds import create_agents, fused_updates_seeds
-from flowsoc.rl.train import fused_updates
+from flowsoc.rl import AgentConfig, create_agents, fused_updates, fused_updates_seeds, TRQAM
 
 
 def peak_mb() -> tuple[float, str]:

@@ -3,7 +3,7 @@
 Paper size (the official TRQAM defaults): batch 256, observation 40, action 5 in chunks of 5 (a
 25-dim flow), 4x512 GELU flows, a 10-member 4x512 LayerNorm critic, 10 flow steps. Batches are
 sampled on the device from a synthetic offline table inside the fused `lax.scan` of
-`flowsoc.rl.train.fused_updates`, as in training; `small-1/dispatch` runs the small update one step
+`flowsoc.rl.fused_updates`, as in training; `small-1/dispatch` runs the small update one step
 per call to show what fusing saves.
 Each size runs once per lean-adjoint convention: `next` (the base's time input t_i + h, the official
 codes' and the agents' default), `grid` (t_i) and `chain` (t_i, and the Jacobian of the noiseless last
@@ -34,9 +34,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.data import sample_chunks, Transitions
-from flowsoc.rl.train import fused_updates
+from flowsoc.rl import AgentConfig, fused_updates, sample_chunks, Transitions, TRQAM
 
 
 OBS, ACT, ROWS = 40, 5, 100_000
@@ -58,7 +56,7 @@ def synthetic_table(key, rows: int = ROWS, obs: int = OBS, act: int = ACT) -> Tr
 
 
 def measure(config, batch_size, steps_per_dispatch, dispatches):
-    """Time `flowsoc.rl.train.fused_updates`, the training loop's own dispatch."""
+    """Time `flowsoc.rl.fused_updates`, the training loop's own dispatch."""
     table = synthetic_table(jr.key(0))
     agent = TRQAM.create(jr.key(1), OBS, ACT, config)
     seed = jnp.asarray(0, jnp.uint32)

@@ -20,7 +20,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # no window system needed: evaluation
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
 warnings.filterwarnings("ignore", message=".*DISPLAY.*")
 
-from flowsoc.rl.experiment import OfflineArgs, run_cli, run_offline  # noqa: E402
+from flowsoc.rl.ogbench import OfflineArgs, run_cli, run_offline  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # no window system needed: nothing is
 warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")  # OGBench's float64 Box bounds
 warnings.filterwarnings("ignore", message=".*DISPLAY.*")
 
-from flowsoc.rl.experiment import OfflineToOnlineArgs, run_cli, run_offline_to_online  # noqa: E402
+from flowsoc.rl.ogbench import OfflineToOnlineArgs, run_cli, run_offline_to_online  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,8 +125,8 @@ def main():
         seed=opts.seed,
     )
     runs = {
-        f"budget {eps:g}": fs.FinetuneConfig.trust_region(
-            eps, lam_scale=1.0, dual_log_space=True, dual_step_size=0.02, lam_max=1000.0, **common
+        f"budget {eps:g}": fs.FinetuneConfig(
+            trust_region=fs.DualDescent(kl_budget=eps, log_space=True, step_size=0.02, lam_max=1000.0), **common
         )
         for eps in (0.1, 0.5, 2.0)
     }
@@ -139,7 +139,7 @@ def main():
         xs = sample(field, key_eval, 20000)
         lam_final = float(history["lam"][-100:].mean())
         results[name] = {
-            "kl_budget": config.kl_budget,
+            "kl_budget": config.trust_region.kl_budget if config.trust_region else None,
             "final_lambda": lam_final,
             "path_kl_estimate_last100": float(history["kl"][-100:].mean()),
             "kl_of_exact_tilt_at_final_lambda": float(fs.optimal_kl(base_rewards, lam_final)),
@@ -182,8 +182,8 @@ def main():
     for (name, history), colour in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         smooth = np.convolve(history["kl"], np.ones(25) / 25, mode="valid")
         ax_kl.plot(smooth, color=colour, label=name)
-        if runs[name].kl_budget is not None:
-            ax_kl.axhline(runs[name].kl_budget, color=colour, linestyle="--", linewidth=1)
+        if runs[name].trust_region is not None:
+            ax_kl.axhline(runs[name].trust_region.kl_budget, color=colour, linestyle="--", linewidth=1)
         ax_lam.plot(history["lam"], color=colour, label=name)
     ax_kl.set(
         yscale="log", xlabel="step", ylabel="path KL estimate (25-step mean)", title="KL against its budget (dashed)"

@@ -175,12 +175,141 @@ def test_a_crash_at_every_step_of_a_checkpoint_write_resumes_exactly(tmp_path):
         assert len(fs._checkpoint.list_checkpoints(directory / "checkpoint")) == 2
 
 
-def test_progress_meters(tmp_path, capsys):
-    toy.run(None, progress=fs.TextProgressMeter(min_interval=0.0))
+class Recorder(fs.AbstractProgressMeter):
+    """A progress meter that records what the driver tells it."""
+
+    def __init__(self):
+        self.events = []
+
+    def start(self, total, initial, unit, desc):
+        self.events.append(("start", initial, total))
+        return "handle"
+
+    def phase(self, handle, name):
+        assert handle == "handle"
+        self.events.append(("phase", name))
+
+    def update(self, handle, n, postfix, rate=None, eta=None):
+        self.events.append(("update", n, postfix, rate, eta))
+
+    def close(self, handle):
+        self.events.append(("close",))
+
+
+def phases(events):
+    return [e[1] for e in events if e[0] == "phase"]
+
+
+def updates(events):
+    return [e[1:] for e in events if e[0] == "update"]
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = toy.Clock()
+    monkeypatch.setattr(fs._driver, "_clock", fake)
+    return fake
+
+
+def test_phases_are_announced_in_order(tmp_path):
+    meter = Recorder()
+    toy.run(tmp_path, progress=meter)
+    E, C, T, S = "evaluating", "compiling", "training", "checkpointing"
+    assert phases(meter.events) == [E, C, T, E, S, T, E, S, T, E, S, "done"]
+    assert meter.events[0] == ("start", 0, 12) and meter.events[-1] == ("close",)
+    # blocks of a new size compile (the shortened last one too); no run directory: no checkpointing
+    meter = Recorder()
+    toy.run(None, total=10, block_size=3, progress=meter)
+    assert phases(meter.events) == [E, C, T, E, T, E, C, E, "done"]
+
+    class Silent(toy.Counter):  # no evaluation of its own: no evaluating phase
+        evaluate = fs.AbstractTrainer.evaluate
+
+    meter = Recorder()
+    fs.drive(Silent(), toy.fresh(), total=6, block_size=2, eval_every=4, progress=meter)
+    assert phases(meter.events) == [C, T, "done"]
+    # a resumed run compiles again, and first does the evaluation a Ctrl-C interrupted
+    with pytest.raises(KeyboardInterrupt):
+        toy.run(tmp_path / "cut", sigint=("eval", 8))
+    meter = Recorder()
+    toy.run(tmp_path / "cut", resume=True, progress=meter)
+    assert phases(meter.events) == [E, S, C, T, E, S, "done"]
+    assert meter.events[0] == ("start", 8, 12)
+
+
+def test_each_evaluation_reaches_the_meter_in_the_update_that_follows_it(tmp_path):
+    meter = Recorder()
+    toy.run(tmp_path, progress=meter)
+    # the update right after each evaluation phase carries that evaluation's result (0 steps more)
+    after_eval = [meter.events[i + 1] for i, e in enumerate(meter.events) if e == ("phase", "evaluating")]
+    assert [(e[0], e[1], e[2].get("eval")) for e in after_eval] == [
+        ("update", 0, "0"), ("update", 0, "10"), ("update", 0, "36"), ("update", 0, "78"),
+    ]  # fmt: skip
+    assert [(n, p) for n, p, _, _ in updates(meter.events)] == [
+        (0, {"eval": "0"}),
+        (2, {"total": "3", "eval": "0"}), (2, {"total": "10", "eval": "0"}), (0, {"total": "10", "eval": "10"}),
+        (2, {"total": "21", "eval": "10"}), (2, {"total": "36", "eval": "10"}), (0, {"total": "36", "eval": "36"}),
+        (2, {"total": "55", "eval": "36"}), (2, {"total": "78", "eval": "36"}), (0, {"total": "78", "eval": "78"}),
+        (0, {"total": "78", "eval": "78"}),  # the final state, after the last checkpoint
+    ]  # fmt: skip
+
+
+def test_the_last_state_shown_holds_the_final_evaluation(tmp_path, capsys):
+    meter = Recorder()
+    toy.run(tmp_path, total=10, eval_every=4, progress=meter)  # the final evaluation off the cadence
+    last = updates(meter.events)[-1]
+    assert last[1] == {"total": "55", "eval": "55"} and phases(meter.events)[-1] == "done"
+    # the tqdm bar's last line: done, at 100%, with the final evaluation
+    toy.run(tmp_path / "bar", progress=fs.TqdmProgressMeter())
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert bar.startswith("done: 100%") and "12/12 [" in bar and bar.endswith("total=78, eval=78]"), bar
+
+
+def test_the_rate_and_eta_count_training_alone(tmp_path, clock):
+    """Each step takes 0.5 s, a new block size 100 s more (compiling), the first evaluation 80 s and the
+    others 50 s, a checkpoint 8 s: the rate stays 2 steps/s, and the ETA is the steps left / 2 + the
+    evaluations left × 50 (80 while only the first is timed) + the checkpoints left × 8."""
+    costs = {"step": 0.5, "compile": 100.0, "first_eval": 80.0, "eval": 50.0, "save": 8.0}
+    meter = Recorder()
+    toy.run(tmp_path, progress=meter, clock=clock, costs=costs)
+    timing = [(n, rate, eta) for n, _, rate, eta in updates(meter.events)]
+    assert timing == [
+        (0, None, None),  # after the first evaluation: no block timed yet
+        (2, None, None),  # the compiling block is not counted
+        (2, 2.0, 8 / 2 + 3 * 80 + 3 * 0),  # at 4: evaluations at 4, 8, 12 and checkpoints (none timed yet) to come
+        (0, 2.0, 8 / 2 + 2 * 50 + 3 * 0),  # after the evaluation at 4 (80 s for the first is not typical)
+        (2, 2.0, 6 / 2 + 2 * 50 + 2 * 8),
+        (2, 2.0, 4 / 2 + 2 * 50 + 2 * 8),
+        (0, 2.0, 4 / 2 + 1 * 50 + 2 * 8),
+        (2, 2.0, 2 / 2 + 1 * 50 + 1 * 8),
+        (2, 2.0, 0 / 2 + 1 * 50 + 1 * 8),
+        (0, 2.0, 0 / 2 + 0 * 50 + 1 * 8),
+        (0, 2.0, 0.0),
+    ]
+    assert clock.now == 12 * 0.5 + 100 + 80 + 3 * 50 + 3 * 8  # every phase was charged
+
+
+def test_text_meter_lines(tmp_path, clock, capsys):
+    costs = {"step": 0.5, "compile": 100.0, "first_eval": 80.0, "eval": 50.0, "save": 8.0}
+    toy.run(tmp_path, progress=fs.TextProgressMeter(min_interval=0.0), clock=clock, costs=costs)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1].startswith("12/12 steps (100%") and len(lines) == 6
+    assert lines[:5] == [
+        "0/12 steps (0%, ? step/s, ETA ?) [evaluating]",
+        "0/12 steps (0%, ? step/s, ETA ?) [evaluating] eval=0",
+        "0/12 steps (0%, ? step/s, ETA ?) [compiling] eval=0",
+        "2/12 steps (17%, ? step/s, ETA ?) [compiling] total=3 eval=0",
+        "2/12 steps (17%, ? step/s, ETA ?) [training] total=3 eval=0",
+    ]
+    assert "4/12 steps (33%, 2 step/s, ETA 04:04) [training] total=10 eval=0" in lines
+    assert lines[-1] == "12/12 steps (100%, 2 step/s, ETA 00:00) [done] total=78 eval=78"
+    # rate-limited: only the first line, the start of compiling and the end
+    toy.run(tmp_path / "quiet", progress=fs.TextProgressMeter(min_interval=1e9), clock=clock, costs=costs)
+    assert [line.split("[")[1] for line in capsys.readouterr().out.splitlines()] == [
+        "evaluating]", "compiling] eval=0", "done] total=78 eval=78",
+    ]  # fmt: skip
     toy.run(None, progress=fs.NoProgressMeter())
-    assert capsys.readouterr().out == ""
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
 
 
 def test_loggers_receive_every_row_in_order(reference):

@@ -27,8 +27,9 @@ SCALED_LINEAR = lambda x, scale: scale * (x @ B)
 ONE, NAN = jnp.asarray(1.0), jnp.asarray(jnp.nan)
 
 
-def small_config(num_steps, **overrides):
-    return fs.FinetuneConfig.trust_region(0.5, num_steps=num_steps, **SMALL, **overrides)
+def small_config(num_steps, lam_init=1.0, **overrides):
+    dual = fs.DualDescent(kl_budget=0.5, lam_init=lam_init)
+    return fs.FinetuneConfig(trust_region=dual, num_steps=num_steps, **SMALL, **overrides)
 
 
 def test_fixed_lambda_reaches_tilted_target():
@@ -53,14 +54,8 @@ def test_fixed_lambda_reaches_tilted_target():
 @pytest.mark.parametrize("log_space", [False, True])
 def test_trust_region_linear_reward(log_space):
     budget = 0.5
-    config = fs.FinetuneConfig.trust_region(
-        budget,
-        num_steps=STEPS,
-        lam_scale=1.0,
-        dual_step_size=0.02 if log_space else 0.05,
-        dual_log_space=log_space,
-        **FAST,
-    )
+    dual = fs.DualDescent(kl_budget=budget, step_size=0.02 if log_space else 0.05, log_space=log_space)
+    config = fs.FinetuneConfig(trust_region=dual, num_steps=STEPS, **FAST)
     field, history, _ = fs.finetune(BASE, LINEAR, (2,), config, progress=False)
     lam_star = G.dual_lambda_linear(COV, B, budget)
     assert abs(history["lam"][-250:].mean() - lam_star) < 0.1 * lam_star
@@ -69,7 +64,7 @@ def test_trust_region_linear_reward(log_space):
 
 def test_trust_region_quadratic_reward():
     budget = 0.3
-    config = fs.FinetuneConfig.trust_region(budget, num_steps=STEPS, lam_scale=1.0, dual_step_size=0.05, **FAST)
+    config = fs.FinetuneConfig(trust_region=fs.DualDescent(kl_budget=budget, step_size=0.05), num_steps=STEPS, **FAST)
     field, history, _ = fs.finetune(BASE, QUADRATIC, (2,), config, progress=False)
     lam_star = G.lambda_for_budget(lambda lam: G.kl_quadratic(MU, COV, QUAD_A, QUAD_C, lam), budget)
     assert abs(history["lam"][-250:].mean() - lam_star) < 0.1 * lam_star
@@ -102,7 +97,9 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
     with pytest.raises(FileExistsError, match="already holds a run"):  # never overwritten without resume
         fs.finetune(BASE, SCALED_LINEAR, (2,), config, args=ONE, checkpoint_dir=tmp_path, progress=False)
     other = small_config(80, lam_init=2.0)
-    with pytest.raises(fs.CheckpointError, match="different settings.*lam_init"):
+    with pytest.raises(
+        fs.CheckpointError, match=r"different settings.*config\.trust_region\.lam_init \(1\.0 saved, 2\.0 now\)"
+    ):
         fs.finetune(BASE, SCALED_LINEAR, (2,), other, args=ONE, checkpoint_dir=tmp_path, resume=True, progress=False)
     state = fs.latest_checkpoint(tmp_path / "checkpoint") / "state.eqx"
     data = state.read_bytes()
@@ -117,11 +114,13 @@ def test_corrupt_or_mismatched_checkpoint(tmp_path):
 
 def test_bad_input():
     with pytest.raises(ValueError, match="kl_budget must be > 0"):
-        fs.FinetuneConfig.trust_region(0.0)
+        fs.FinetuneConfig(trust_region=fs.DualDescent(kl_budget=0.0))
     with pytest.raises(ValueError, match="kl_budget must be > 0"):
-        fs.FinetuneConfig.trust_region(-1.0)
+        fs.FinetuneConfig(trust_region=fs.DualDescent(kl_budget=-1.0))
     with pytest.raises(ValueError, match="lam_min < lam_max"):
-        fs.FinetuneConfig.trust_region(0.5, lam_min=10.0, lam_max=1.0)
+        fs.FinetuneConfig(trust_region=fs.DualDescent(kl_budget=0.5, lam_min=10.0, lam_max=1.0))
+    with pytest.raises(TypeError, match="trust_region"):  # our check, or beartype's under the test suite
+        fs.FinetuneConfig(trust_region=0.5)
     with pytest.raises(ValueError, match="lam > 0"):
         fs.FinetuneConfig.fixed(0.0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):

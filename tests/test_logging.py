@@ -58,7 +58,7 @@ def test_tensorboard_logger_writes_scalars(tmp_path):
     pytest.importorskip("tensorboardX")
     toy.run(tmp_path, loggers=fs._logging.make_loggers(["tensorboard"], tmp_path))
     scalars = _tensorboard_scalars(tmp_path / "tensorboard")
-    assert scalars["eval/total"] == [(0, 0.0), (4, 10.0), (8, 36.0), (12, 78.0)]
+    assert scalars["eval/eval/total"] == [(0, 0.0), (4, 10.0), (8, 36.0), (12, 78.0)]  # the toy's eval key: eval/total
     assert [s for s, _ in scalars["train/total"]] == [2, 4, 6, 8, 10, 12]
 
 
@@ -80,6 +80,6 @@ def test_wandb_logger_logs_each_row_offline(tmp_path, monkeypatch):
     toy.run(tmp_path, loggers=make_loggers(["wandb"], tmp_path, name="toy-run"))
     assert calls["init"]["mode"] == "offline" and calls["init"]["dir"] == str(tmp_path)
     assert calls["init"]["name"] == "toy-run"
-    assert calls["log"][0] == {"eval/total": 0.0, "step": 0}
+    assert calls["log"][0] == {"eval/eval/total": 0.0, "step": 0}
     assert [c["step"] for c in calls["log"]] == [0, 2, 4, 4, 6, 8, 8, 10, 12, 12]
     assert calls["finished"]

@@ -159,7 +159,7 @@ def test_bam_actor_loss_is_official_bam_loss():
     `compute_sde` and `actor_loss`), written out: -τ·mean_b (mean - ρ·std)_k Q_k(s, x_K)
     + mean_b Σ_{i<K-1} 2/σ_i² ‖v_θ - v_β‖², σ_i² = 2(1 - t_i + h)/(t_i + h), t_i = i/K, last step x + h·v_β."""
     from flowsoc.rl import AgentConfig, BAM
-    from flowsoc.rl.data import ChunkBatch
+    from flowsoc.rl.ogbench._data import ChunkBatch
 
     b, obs_dim, act, horizon, k, tau = 6, 5, 2, 3, 4, 2.0
     config = AgentConfig.small(

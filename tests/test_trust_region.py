@@ -28,12 +28,22 @@ def test_converges_to_dual_fixed_point(budget, log_space):
 
 
 def test_fixed_multiplier_inside_sigma():
-    """With lam_scale = 3 (the official default) the effective λ, not the stored one, meets the budget."""
+    """With lam_scale = 3 (TRQAM's multiplier) the effective λ, not the stored one, meets the budget."""
     c, budget = 3.0, 0.5
-    dual = fs.DualDescent(kl_budget=budget, step_size=0.05)
+    dual = fs.DualDescent(kl_budget=budget, step_size=0.05, lam_scale=3.0)
     state = _run(dual, lambda lam: c / lam**2, 20000)
     assert jnp.allclose(dual.effective_lam(state), jnp.sqrt(c / budget), rtol=1e-3)
     assert jnp.allclose(state.lam, jnp.sqrt(c / budget) / 3, rtol=1e-3)
+
+
+def test_the_core_default_puts_lambda_itself_inside_sigma():
+    """A generic user gets σ = g/√λ: the default multiplier is 1, TRQAM's 3 lives in its configuration."""
+    dual = fs.DualDescent(kl_budget=1.0)
+    state = dual.update(dual.init(), 5.0)
+    assert dual.lam_scale == 1.0 and dual.effective_lam(state) == state.lam
+    from flowsoc.rl import AgentConfig
+
+    assert AgentConfig().trust_region == fs.DualDescent(kl_budget=1.0, lam_scale=3.0)
 
 
 def test_projection_holds_at_both_bounds():
@@ -45,7 +55,7 @@ def test_projection_holds_at_both_bounds():
 
 
 def test_single_steps_clip_and_ema_by_hand():
-    dual = fs.DualDescent(kl_budget=0.5)  # official defaults: η=0.01, ρ=0.1, c=2, λ0=1
+    dual = fs.DualDescent(kl_budget=0.5, lam_scale=3.0)  # official defaults: η=0.01, ρ=0.1, c=2, λ0=1, multiplier 3
     state = dual.init()
     assert state.lam == 1.0 and state.kl_avg == 0.0
     state = dual.update(state, 10.0)  # clipped to 2 * 0.5 = 1

@@ -2,10 +2,14 @@
 
 Placeholders in results.md (an HTML comment on a line of its own):
 
-- `<!-- results:paper -->`: the paper's offline success rates (the TRQAM paper's table) next to flowsoc's
-  measured ones, taken from any results file whose rows carry an OGBench `env`, an `agent` and a
+- `<!-- results:paper -->`: the paper's offline success rates (the TRQAM paper's table), with flowsoc
+  columns for the domains flowsoc has measured (none when it has measured none of the ten), then the
+  RL runs table and, apart from it, the success rates of other benchmarks (the ant expert). A run is
+  a row, in any results file, that carries an OGBench `env`, an `agent` (its own or its file's) and a
   success rate (`success`, `success_rate` or `final_success` as a fraction in [0, 1], or
-  `success_pct` in percent). Rows of one task (e.g. one per seed) are averaged first, then tasks.
+  `success_pct` in percent); a row with `env` and a success rate but no agent is another benchmark's.
+  Rows of one task (e.g. one per seed) are averaged first, then tasks. Commands and hardware are
+  listed under the runs table, not in its columns.
 - `<!-- results:benchmarks -->`: one section per JSON file: what the script measures (the first
   paragraph of its docstring), the command that produced the file (its `command` field, else
   `python benchmarks/<name>.py`), the hardware and software recorded in the file, and its numbers
@@ -197,6 +201,13 @@ def _benchmark_section(path: pathlib.Path, record: dict, root: pathlib.Path) -> 
         f"- file: `benchmarks/results/{path.name}`"
     )
     body = {k: v for k, v in record.items() if k not in META_KEYS}
+    rows = body.get("rows")
+    if isinstance(rows, list) and rows and all(_is_run(r, record) for r in rows):
+        body.pop("rows")
+        blocks.append(
+            f"Its {len(rows)} row{'s are' if len(rows) != 1 else ' is'}, with the command and hardware, "
+            "in [RL runs measured with flowsoc](#rl-runs-measured-with-flowsoc) above."
+        )
     settings = {k: v for k, v in body.items() if _is_scalar(v)}
     if settings:
         blocks.append("Settings and summary: " + ", ".join(f"{_label(k)} = `{_fmt(v)}`" for k, v in settings.items()))
@@ -210,6 +221,16 @@ def _benchmark_section(path: pathlib.Path, record: dict, root: pathlib.Path) -> 
 
 
 # ------------------------------------------------------------------------------------ paper table
+
+
+def _is_run(row: Any, record: dict) -> bool:
+    """Whether a row is an RL run (shown in the runs table): an OGBench env, an agent and a success rate."""
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("env"), str)
+        and row.get("agent", record.get("agent")) is not None
+        and _success(row) is not None
+    )
 
 
 def _domain(env: str) -> str:
@@ -242,28 +263,34 @@ def _success(row: dict) -> float | None:
 
 
 def _measured_rows(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) -> list[dict]:
-    """Rows `{env, agent, success, ...}` found anywhere in the results files, with the file's command and
-    hardware."""
+    """Rows `{env, success, ...}` found anywhere in the results files, with the file's command and hardware.
 
-    def walk(node: Any):
+    A row with an `agent` (its own or its file's) is an RL run; one without (e.g. the ant expert's
+    navigation test in experts.json) is another benchmark's success rate, kept out of the runs table.
+    `where` is the row's place in its file (`shipped_expert › navigation`)."""
+
+    def walk(node: Any, where: tuple[str, ...]):
         if isinstance(node, dict):
             if isinstance(node.get("env"), str) and _success(node) is not None:
-                yield node
+                yield node, where
                 return
-            for value in node.values():
-                yield from walk(value)
+            for key, value in node.items():
+                yield from walk(value, where + (str(key),))
         elif isinstance(node, list):
             for value in node:
-                yield from walk(value)
+                yield from walk(value, where)
 
     found = []
     for path, record in loaded:
-        for row in walk(record):
+        for row, where in walk(record, ()):
+            agent = row.get("agent", record.get("agent"))
             found.append(
                 dict(
                     domain=_domain(row["env"]),
                     env=row["env"],
-                    agent=str(row.get("agent", record.get("agent", "?"))).lower(),
+                    agent=str(agent).lower() if agent is not None else None,
+                    where=" › ".join(_label(w) for w in where if w != "rows"),
+                    row=row,
                     success=_success(row),
                     seeds=row.get("seeds", record.get("seeds")),
                     steps=row.get("steps", record.get("steps")),
@@ -275,16 +302,76 @@ def _measured_rows(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) 
     return found
 
 
+def _pct(row: dict, key: str) -> str | None:
+    value = _number(row.get(key))
+    return None if value is None else f"{100 * value:.0f}"
+
+
+def _runs_table(runs: list[dict]) -> str:
+    """The RL runs, one row each; their commands and hardware as a numbered list below the table (a
+    table column would be a few characters wide)."""
+    optional = [  # (column, value of a run), shown when at least one run has it
+        ("preset", lambda r: r["row"].get("preset")),
+        ("protocol", lambda r: r["row"].get("protocol")),
+        ("success at start %", lambda r: _pct(r["row"], "start_success")),
+        ("after offline %", lambda r: _pct(r["row"], "offline_success")),
+        ("best %", lambda r: _pct(r["row"], "best_success")),
+        ("steps", lambda r: r["steps"]),
+        ("online steps", lambda r: r["row"].get("online_steps")),
+        ("seeds", lambda r: r["seeds"]),
+        ("eval episodes", lambda r: r["row"].get("eval_episodes")),
+        ("wall time", lambda r: _duration(r["row"].get("wall_s"))),
+    ]
+    shown = [(name, get) for name, get in optional if any(get(r) is not None for r in runs)]
+    header = ["run", "env", "agent", "success %"] + [name for name, _ in shown]
+    rows = [
+        [str(i), f"`{r['env']}`", r["agent"], f"{r['success']:.0f}"] + [get(r) for _, get in shown]
+        for i, r in enumerate(runs, 1)
+    ]
+    provenance = [
+        f"{i}. `{r['command']}`  \n    hardware: {r['hardware']}; file: `benchmarks/results/{r['file']}`"
+        for i, r in enumerate(runs, 1)
+    ]
+    return _table(header, rows) + "\n\nCommand and hardware of each run:\n\n" + "\n".join(provenance)
+
+
+def _duration(seconds: Any) -> str | None:
+    value = _number(seconds)
+    if value is None:
+        return None
+    return f"{value:.0f} s" if value < 120 else f"{value / 60:.0f} min" if value < 7200 else f"{value / 3600:.1f} h"
+
+
+def _other_table(rows: list[dict]) -> str:
+    """Success rates that are not RL runs (e.g. the ant expert navigating antmaze), each with its file."""
+    extra_keys: list[str] = []
+    for r in rows:
+        for k, v in r["row"].items():
+            if k not in ("env", "success", "success_pct", *SUCCESS_KEYS, *META_KEYS) and _is_scalar(v):
+                if k not in extra_keys:
+                    extra_keys.append(k)
+    header = ["benchmark", "env", "success %"] + [_label(k) for k in extra_keys] + ["command"]
+    body = [
+        [f"{r['where'] or 'rows'} (`{r['file']}`)", f"`{r['env']}`", f"{r['success']:.0f}"]
+        + [r["row"].get(k) for k in extra_keys]
+        + [f"`{r['command']}`"]
+        for r in rows
+    ]
+    return _table(header, body)
+
+
 def _paper_section(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) -> str:
     measured = _measured_rows(loaded, root)
+    runs = sorted((r for r in measured if r["agent"] is not None), key=lambda r: (r["domain"], r["env"], r["agent"]))
+    others = [r for r in measured if r["agent"] is None]
     by_domain: dict[tuple[str, str], list[dict]] = {}
-    for row in measured:
+    for row in runs:
         by_domain.setdefault((row["domain"], row["agent"]), []).append(row)
 
     def cell(domain: str, agent: str) -> str:
         rows = by_domain.get((domain, agent), [])
         if not rows:
-            return "not measured"
+            return ""
         per_task: dict[str, list[float]] = {}
         for r in rows:
             per_task.setdefault(r["env"], []).append(r["success"])
@@ -292,45 +379,57 @@ def _paper_section(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) 
         tasks = len(per_task)
         return f"{mean:.0f} ({tasks} task{'s' if tasks != 1 else ''})"
 
-    header = ["domain", "TRQAM (paper)", "TRQAM (flowsoc)", "QAM (paper)", "QAM (flowsoc)", "QAM-E (paper)"]
-    rows = [
-        [d, PAPER["trqam"][d], cell(d, "trqam"), PAPER["qam"][d], cell(d, "qam"), PAPER["qam-e"][d]]
-        for d in PAPER_DOMAINS
-    ]
-    rows.append(["**all 50 tasks**", PAPER["trqam"]["all"], "", PAPER["qam"]["all"], "", PAPER["qam-e"]["all"]])
-    blocks = [_table(header, rows)]
+    in_paper = {d for d, _ in by_domain} & set(PAPER_DOMAINS)
+    blocks = []
+    if in_paper:
+        header = ["domain", "TRQAM (paper)", "TRQAM (flowsoc)", "QAM (paper)", "QAM (flowsoc)", "QAM-E (paper)"]
+        rows = [
+            [d, PAPER["trqam"][d], cell(d, "trqam"), PAPER["qam"][d], cell(d, "qam"), PAPER["qam-e"][d]]
+            for d in PAPER_DOMAINS
+        ]
+        rows.append(["**all 50 tasks**", PAPER["trqam"]["all"], "", PAPER["qam"]["all"], "", PAPER["qam-e"]["all"]])
+        blocks.append(_table(header, rows))
+        blocks.append(
+            "A flowsoc cell gives the mean over the tasks measured (in brackets); an empty one was not measured."
+        )
+    else:
+        header = ["domain", "TRQAM", "QAM", "QAM-E"]
+        rows = [[d, PAPER["trqam"][d], PAPER["qam"][d], PAPER["qam-e"][d]] for d in PAPER_DOMAINS]
+        rows.append(["**all 50 tasks**", PAPER["trqam"]["all"], PAPER["qam"]["all"], PAPER["qam-e"]["all"]])
+        blocks.append(_table(header, rows))
+        blocks.append(
+            "flowsoc has not measured any of these ten domains yet: no results file in `benchmarks/results/` "
+            "holds a run on one of them, so the table has no flowsoc columns. The runs it has measured are "
+            "listed below."
+        )
     blocks.append(
         f"QAM's own paper reports QAM {QAM_OWN_PAPER['qam']} and QAM-E {QAM_OWN_PAPER['qam-e']} over the same 50 "
         "tasks (12 seeds)."
     )
-    extra = sorted({d for d, _ in by_domain} - set(PAPER_DOMAINS))
-    if measured:
-        detail = _table(
-            ["env", "agent", "success %", "seeds", "steps", "command", "hardware", "file"],
-            [
-                [
-                    r["env"],
-                    r["agent"],
-                    r["success"],
-                    r["seeds"],
-                    r["steps"],
-                    f"`{r['command']}`",
-                    r["hardware"],
-                    r["file"],
-                ]
-                for r in sorted(measured, key=lambda r: (r["domain"], r["env"], r["agent"]))
-            ],
+    blocks.append("### RL runs measured with flowsoc")
+    if runs:
+        blocks.append(
+            "Success rate (%) of the fine-tuned policy at the last evaluation, one row per run "
+            "(`benchmarks/collect_runs.py` collects them into `runs.json`)."
         )
-        blocks.append("Every measured row, with the command that produced it:\n\n" + detail)
+        blocks.append(_runs_table(runs))
+        extra = sorted({d for d, _ in by_domain} - set(PAPER_DOMAINS))
         if extra:
-            blocks.append("Measured domains outside the paper's ten: " + ", ".join(f"`{d}`" for d in extra) + ".")
+            blocks.append("Domains outside the paper's ten: " + ", ".join(f"`{d}`" for d in extra) + ".")
     else:
         blocks.append(
-            "No results file in `benchmarks/results/` holds OGBench success rates yet, so the flowsoc columns "
-            "are empty. A file whose rows carry `env` (an OGBench dataset name), `agent` and `success` (a "
-            "fraction in [0, 1]; or `success_pct`), optionally `seeds`, `steps` and `command`, fills them on the "
-            "next build."
+            "None yet. A results file whose rows carry `env` (an OGBench dataset name), `agent` and `success` "
+            "(a fraction in [0, 1]; or `success_pct`), optionally `seeds`, `steps` and `command`, fills this "
+            "table and the flowsoc columns above on the next build; `benchmarks/collect_runs.py` writes one "
+            "from the runs' `summary.json`."
         )
+    if others:
+        blocks.append("### Other success rates")
+        blocks.append(
+            "Measured by other benchmarks, not by an RL agent (e.g. the ant expert that generates the antmaze "
+            "datasets, navigating the maze); their files are described under [Benchmarks](#benchmarks)."
+        )
+        blocks.append(_other_table(others))
     return "\n\n".join(blocks)
 
 

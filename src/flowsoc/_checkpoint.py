@@ -288,24 +288,25 @@ def read_meta(folder: str | os.PathLike) -> dict:
 
 def compare_meta(saved: Mapping[str, Any], mine: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     """The entries `keys` that differ between a saved and a current metadata dictionary, each as
-    `"key (saved value saved, current value now)"`; a dictionary entry is compared field by field. A key the
-    saved metadata lacks (written before it was recorded) is not compared."""
+    `"path (saved value saved, current value now)"`; dictionaries are compared recursively, each difference
+    named by its dotted path (`agent_config.trust_region.kl_budget`). A key the saved metadata lacks, at any
+    depth (written before it was recorded), is not compared."""
     mine = json.loads(json.dumps(dict(mine), default=str))
-    detail = []
-    for k in keys:
-        if k not in saved:
-            continue
-        a, b = saved.get(k), mine.get(k)
+    detail: list[str] = []
+
+    def walk(path: str, a: Any, b: Any) -> None:
         if a == b:
-            continue
+            return
         if isinstance(a, dict) and isinstance(b, dict):
-            detail += [
-                f"{k}.{f} ({a.get(f)!r} saved, {b.get(f)!r} now)"
-                for f in dict.fromkeys([*b, *a])
-                if a.get(f) != b.get(f)
-            ]
+            for f in dict.fromkeys([*b, *a]):
+                if f in a:
+                    walk(f"{path}.{f}", a[f], b.get(f))
         else:
-            detail.append(f"{k} ({a!r} saved, {b!r} now)")
+            detail.append(f"{path} ({a!r} saved, {b!r} now)")
+
+    for k in keys:
+        if k in saved:
+            walk(k, saved[k], mine.get(k))
     return detail
 
 

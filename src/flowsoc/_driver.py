@@ -41,18 +41,43 @@ class NonFiniteError(FloatingPointError):
 # --------------------------------------------------------------------------------- progress meters
 
 
+def _interval(seconds: float) -> str:
+    """`[H:]MM:SS`, as tqdm writes durations."""
+    minutes, s = divmod(int(seconds), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _rate(rate: float | None, unit: str) -> str:
+    if rate is None:
+        return f"? {unit}/s"
+    return f"{rate:,.0f} {unit}/s" if rate >= 100 else f"{rate:.3g} {unit}/s"
+
+
 class AbstractProgressMeter(abc.ABC):
     """Shows a run's progress (after Diffrax's `AbstractProgressMeter`): `start` returns a handle that
-    `update` and `close` receive."""
+    `phase`, `update` and `close` receive."""
 
     @abc.abstractmethod
-    def start(self, total: int, initial: int, unit: str, desc: str) -> Any: ...
+    def start(self, total: int, initial: int, unit: str, desc: str) -> Any:
+        """Begin showing a run at `initial` of `total` `unit`s, named `desc`; returns the handle."""
+
+    def phase(self, handle: Any, name: str) -> None:
+        """The run enters phase `name`, shown until the next. `drive` announces `"compiling"` (a block of a size
+        not run before in this call: the first, and a shorter last one), `"training"`, `"evaluating"`,
+        `"checkpointing"` and, at the end, `"done"`. Ignored by default."""
 
     @abc.abstractmethod
-    def update(self, handle: Any, n: int, postfix: dict[str, str]) -> None: ...
+    def update(
+        self, handle: Any, n: int, postfix: dict[str, str], rate: float | None = None, eta: float | None = None
+    ) -> None:
+        """`n` more units done (0 after an evaluation); `postfix`: the live values; `rate`: units per second
+        over training blocks only; `eta`: seconds left, training and the evaluations and checkpoints to come
+        (`None`: not known yet)."""
 
     @abc.abstractmethod
-    def close(self, handle: Any) -> None: ...
+    def close(self, handle: Any) -> None:
+        """Stop showing the run (leaving its last state)."""
 
 
 class NoProgressMeter(AbstractProgressMeter):
@@ -61,7 +86,7 @@ class NoProgressMeter(AbstractProgressMeter):
     def start(self, total, initial, unit, desc):
         return None
 
-    def update(self, handle, n, postfix):
+    def update(self, handle, n, postfix, rate=None, eta=None):
         pass
 
     def close(self, handle):
@@ -74,55 +99,96 @@ class _TextHandle:
     done: int
     unit: str
     desc: str
-    started: float
-    first: int
+    phase: str = ""
+    postfix: dict = dataclasses.field(default_factory=dict)
+    rate: float | None = None
+    eta: float | None = None
     last_print: float = -math.inf
 
 
 @dataclasses.dataclass(frozen=True)
 class TextProgressMeter(AbstractProgressMeter):
-    """One plain line every `min_interval` seconds (and at the end): for logs and non-interactive jobs."""
+    """Plain lines for logs and non-interactive jobs, at most one every `min_interval` seconds, and always
+    when compiling starts and when the run is done:
+    `desc: 400/24000 steps (2%, 41.2 step/s, ETA 09:32) [training] loss=0.31 policy=5%`."""
 
     min_interval: float = 10.0
     file: Any = None
 
     def start(self, total, initial, unit, desc):
-        return _TextHandle(total, initial, unit, desc, time.monotonic(), initial)
+        return _TextHandle(total, initial, unit, desc)
 
-    def update(self, handle, n, postfix):
+    def phase(self, handle, name):
+        handle.phase = name
+        self._print(handle, force=name in ("compiling", "done"))
+
+    def update(self, handle, n, postfix, rate=None, eta=None):
         handle.done += n
+        handle.postfix, handle.rate, handle.eta = postfix, rate, eta
+        self._print(handle)
+
+    def _print(self, handle, force=False):
         now = time.monotonic()
-        if now - handle.last_print >= self.min_interval or handle.done >= handle.total:
-            handle.last_print = now
-            rate = (handle.done - handle.first) / max(now - handle.started, 1e-9)
-            left = (handle.total - handle.done) / rate if rate > 0 else math.inf
-            eta = "?" if not math.isfinite(left) else time.strftime("%H:%M:%S", time.gmtime(left))
-            extra = " ".join(f"{k}={v}" for k, v in postfix.items())
-            print(
-                f"{handle.desc + ': ' if handle.desc else ''}{handle.done}/{handle.total} {handle.unit}s "
-                f"({100 * handle.done / handle.total:.0f}%, {rate:.3g} {handle.unit}/s, ETA {eta}) {extra}".rstrip(),
-                file=self.file or sys.stdout,
-                flush=True,
-            )
+        if not force and now - handle.last_print < self.min_interval:
+            return
+        handle.last_print = now
+        eta = "?" if handle.eta is None else _interval(handle.eta)
+        phase = f" [{handle.phase}]" if handle.phase else ""
+        extra = "".join(f" {k}={v}" for k, v in handle.postfix.items())
+        print(
+            f"{handle.desc + ': ' if handle.desc else ''}{handle.done}/{handle.total} {handle.unit}s "
+            f"({100 * handle.done / max(handle.total, 1):.0f}%, {_rate(handle.rate, handle.unit)}, ETA {eta})"
+            f"{phase}{extra}",
+            file=self.file or sys.stdout,
+            flush=True,
+        )
 
     def close(self, handle):
         pass
 
 
+@dataclasses.dataclass
+class _TqdmHandle:
+    bar: Any
+    desc: str
+    unit: str
+
+
+@dataclasses.dataclass(frozen=True)
 class TqdmProgressMeter(AbstractProgressMeter):
-    """A tqdm bar with the live metrics as its postfix."""
+    """A tqdm bar (to `file`, default stderr) with the phase after its name, and the driver's rate and ETA
+    (training speed alone, plus the evaluations and checkpoints to come) in place of tqdm's:
+    `desc [training]:  2%|▏     | 400/24000 [00:41<09:32, 41.2 step/s, loss=0.31, policy=5%]`."""
+
+    file: Any = None
 
     def start(self, total, initial, unit, desc):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, unit=unit, desc=desc or None, dynamic_ncols=True)
+        bar = tqdm(
+            total=total, initial=initial, unit=unit, desc=desc or None, dynamic_ncols=True, file=self.file,
+            bar_format=self._format(None, None, unit),
+        )  # fmt: skip
+        return _TqdmHandle(bar, desc, unit)
 
-    def update(self, handle, n, postfix):
-        handle.update(n)
-        handle.set_postfix(postfix, refresh=False)
+    @staticmethod
+    def _format(rate, eta, unit) -> str:
+        right = f"<{'?' if eta is None else _interval(eta)}, {_rate(rate, unit)}".replace("{", "{{").replace("}", "}}")
+        return "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}" + right + "{postfix}]"
+
+    def phase(self, handle, name):
+        handle.bar.set_description(f"{handle.desc} [{name}]" if handle.desc else name, refresh=True)
+
+    def update(self, handle, n, postfix, rate=None, eta=None):
+        handle.bar.bar_format = self._format(rate, eta, handle.unit)
+        handle.bar.set_postfix(postfix, refresh=False)
+        if n:
+            handle.bar.update(n)  # refreshed at tqdm's own pace
+        else:
+            handle.bar.refresh()  # an evaluation's result: shown at once
 
     def close(self, handle):
-        handle.close()
+        handle.bar.close()
 
 
 def progress_meter(progress: bool | AbstractProgressMeter) -> AbstractProgressMeter:
@@ -246,6 +312,75 @@ def _due(every: int, before: int, after: int) -> bool:
     return bool(every) and after // every > before // every
 
 
+def _blocks_with(every: int, block_size: int, position: int, total: int) -> int:
+    """How many of the blocks from `position` to `total` end with the event of cadence `every`: those
+    crossing a multiple of it, and the last (`every == 0`: the last alone)."""
+    if position >= total:
+        return 0
+    blocks = -(-(total - position) // block_size)
+    if not every:
+        return 1
+    if block_size >= every:  # every full block crosses a multiple
+        return blocks
+    last_start = position + block_size * (blocks - 1)  # each block holds at most one multiple
+    return total // every - position // every + (not _due(every, last_start, total))
+
+
+def _eval_values(rows: list[dict]) -> dict:
+    """The `/` entries of one evaluation's rows (e.g. `policy/success`), numbers averaged over the rows
+    holding them (one per seed in a multi-seed run)."""
+    values: dict[str, list] = {}
+    for r in rows:
+        for k, v in r.items():
+            if "/" in k:
+                values.setdefault(k, []).append(v)
+    numbers = (int, float)
+    return {
+        k: sum(v) / len(v) if all(isinstance(x, numbers) for x in v) and len(v) > 1 else v[-1]
+        for k, v in values.items()
+    }
+
+
+_clock = time.perf_counter
+"""The driver's clock (replaced by the tests)."""
+
+
+def _typical(times: list[float]) -> float:
+    """The mean of `times` after the first (which may have compiled), or the first alone (0 without any)."""
+    later = times[1:] or times
+    return sum(later) / len(later) if later else 0.0
+
+
+@dataclasses.dataclass
+class _Pace:
+    """Wall time per phase, for the rate and ETA the progress meter shows: training blocks alone (not the
+    compiling ones) give the rate; evaluations and checkpoints their typical time."""
+
+    total: int
+    block_size: int
+    eval_every: int
+    checkpoint_every: int
+    checkpoints: bool
+    trained: int = 0
+    training: float = 0.0
+    evals: list[float] = dataclasses.field(default_factory=list)
+    saves: list[float] = dataclasses.field(default_factory=list)
+
+    def rate(self) -> float | None:
+        return self.trained / self.training if self.trained and self.training > 0 else None
+
+    def estimate(self, position: int, eval_pending: bool, save_pending: bool) -> dict:
+        """`rate` and `eta` at `position`; `*_pending`: an evaluation or checkpoint due there not yet done."""
+        rate = self.rate()
+        if position < self.total and rate is None:
+            return {"rate": None, "eta": None}
+        evals = _blocks_with(self.eval_every, self.block_size, position, self.total) + eval_pending
+        saves = _blocks_with(self.checkpoint_every, self.block_size, position, self.total) + save_pending
+        eta = (self.total - position) / rate if rate else 0.0
+        eta += evals * _typical(self.evals) + (saves * _typical(self.saves) if self.checkpoints else 0.0)
+        return {"rate": rate, "eta": eta}
+
+
 def drive(
     trainer: AbstractTrainer,
     state,
@@ -275,7 +410,9 @@ def drive(
       evaluate before the first block;
     - `keep`: checkpoints kept (at least 2: a crash while writing one leaves the previous);
     - `rows`: rows already in the log before this run (e.g. an earlier phase's), kept in front;
-    - `loggers`: extra backends receiving every row; `progress`: a progress meter, or a bool for tqdm;
+    - `loggers`: extra backends receiving every row; `progress`: a progress meter, or a bool for tqdm (it
+      shows the phase, the rate of training blocks alone, an ETA adding the evaluations and checkpoints to
+      come, and each evaluation's result as soon as it is done);
     - `resume_flag`: how the user asks for resume, for the messages (e.g. `--resume`).
 
     Evaluation and checkpoints happen when their cadence is crossed and at `total`, evaluation first.
@@ -335,43 +472,71 @@ def drive(
     for logger in loggers:
         logger.write(log.rows)
     position = trainer.position(state)
-    last_eval = next((r for r in reversed(log.rows) if r["kind"] == "eval"), None)
+    evals = [r for r in log.rows if r["kind"] == "eval"]
+    last_eval = _eval_values([r for r in evals if r["step"] == evals[-1]["step"]]) if evals else None
 
     def write(new_rows):
         log.write(new_rows)
         for logger in loggers:
             logger.write(new_rows)
 
+    meter = progress_meter(progress)
+    handle = meter.start(total, position, trainer.unit, trainer.desc)
+    pace = _Pace(total, block_size, eval_every, checkpoint_every, ckpt_dir is not None and writes)
+    shown = {"phase": None, "row": {}}
+
+    def enter(name):
+        if shown["phase"] != name:
+            shown["phase"] = name
+            meter.phase(handle, name)
+
+    def show(n, eval_pending=False, save_pending=False):
+        timing = pace.estimate(position, eval_pending, save_pending)
+        meter.update(handle, n, trainer.postfix(shown["row"], last_eval), **timing)
+
     def checkpoint(s, done_eval: bool) -> pathlib.Path | None:
         nonlocal last_saved
         if ckpt_dir is None or not writes:
             return None
+        enter("checkpointing")
+        t0 = _clock()
         saved = trainer.save(s)
         meta = {**identity, **saved.meta, "driver": {"rows": len(log.rows), "evaluated": done_eval}}
         last_saved = save_checkpoint(ckpt_dir, trainer.position(s), saved.tree, meta, saved.files, keep=keep)
+        pace.saves.append(_clock() - t0)
         return last_saved
 
-    def evaluate(s, p):
+    evaluates = type(trainer).evaluate is not AbstractTrainer.evaluate  # (the default evaluates nothing)
+
+    def evaluate(s, p, save_pending=False):
         nonlocal last_eval, evaluated
+        if evaluates:
+            enter("evaluating")
         evaluated = False
+        t0 = _clock()
         new_rows = trainer.evaluate(s, p)
         with _DeferInterrupts():
             write(new_rows)
             evaluated = True
+        pace.evals.append(_clock() - t0)
         if new_rows:
-            last_eval = {k: v for r in new_rows for k, v in r.items() if "/" in k}
+            last_eval = _eval_values(new_rows)
+        show(0, save_pending=save_pending)  # the result at once, not one block late
 
-    meter = progress_meter(progress)
-    handle = meter.start(total, position, trainer.unit, trainer.desc)
+    sizes: set[int] = set()  # block sizes run in this call: a new one compiles
     try:
         if not evaluated:  # an evaluation that a Ctrl-C interrupted: do it, and record that it is done
-            evaluate(state, position)
+            evaluate(state, position, save_pending=True)
             with _DeferInterrupts():
                 checkpoint(state, evaluated)
         elif position == 0 and eval_at_start and eval_every:
             evaluate(state, 0)
         while position < total:
             n = min(block_size, total - position)
+            compiling = n not in sizes
+            sizes.add(n)
+            enter("compiling" if compiling else "training")
+            t0 = _clock()
             result = trainer.block(state, n)
             if result.problem is not None:
                 what = trainer.locate(state, n, result.problem)
@@ -390,12 +555,19 @@ def drive(
                 position = trainer.position(state)
                 evaluated = not (_due(eval_every, before, position) or position == total)
                 write(result.rows)
-            meter.update(handle, position - before, trainer.postfix(result.rows[-1] if result.rows else {}, last_eval))
+            if not compiling:
+                pace.trained += position - before
+                pace.training += _clock() - t0
+            shown["row"] = result.rows[-1] if result.rows else {}
+            save_due = _due(checkpoint_every, before, position) or position == total
+            show(position - before, eval_pending=not evaluated, save_pending=save_due)
             if not evaluated:
-                evaluate(state, position)
-            if _due(checkpoint_every, before, position) or position == total:
+                evaluate(state, position, save_pending=save_due)
+            if save_due:
                 with _DeferInterrupts():
                     checkpoint(state, evaluated)
+        show(0)  # the ETA now 0
+        enter("done")
     except KeyboardInterrupt:
         saved_at = checkpoint(state, evaluated)
         meter.close(handle)

@@ -35,10 +35,12 @@ Reward = Callable[[Array, Any], Array]
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """Hyperparameters of [`flowsoc.finetune`][]. Either `lam` (fixed λ: plain adjoint matching
-    towards $p_{\\rm base}e^{r/\\lambda}$) or `kl_budget` (trust region: λ adapted so that the path KL
-    to the base sits at the budget). Presets: [`FinetuneConfig.fixed`][flowsoc.FinetuneConfig.fixed],
-    [`FinetuneConfig.trust_region`][flowsoc.FinetuneConfig.trust_region].
+    """Hyperparameters of [`flowsoc.finetune`][]. Either a fixed `lam` (plain adjoint matching
+    towards $p_{\\rm base}e^{r/\\lambda}$) or a `trust_region` (λ adapted by projected dual descent so that
+    the path KL to the base sits at its budget):
+
+        fs.FinetuneConfig(lam=0.5)                                          # fixed λ
+        fs.FinetuneConfig(trust_region=fs.DualDescent(kl_budget=2.0))       # KL held at 2 nats
     """
 
     num_steps: int = 2000
@@ -54,25 +56,10 @@ class FinetuneConfig:
     grad_clip: float | None = 1.0
     """Global-norm gradient clip; `None` switches it off."""
     lam: float | None = 1.0
-    """The fixed λ, used when `kl_budget` is `None`."""
-    kl_budget: float | None = None
-    """The trust-region budget ε on the path KL (mean over paths); `None` for a fixed λ."""
-    dual_step_size: float = 0.01
-    """Step size η of the dual update on λ."""
-    dual_ema: float = 0.1
-    """Rate ρ of the running KL average."""
-    dual_clip_coef: float = 2.0
-    """The KL estimate is clipped at `dual_clip_coef * kl_budget` before averaging."""
-    lam_min: float = 0.01
-    """Lower end of the projection interval of λ."""
-    lam_max: float = 100.0
-    """Upper end of the projection interval of λ."""
-    lam_init: float = 1.0
-    """The initial λ of the trust region."""
-    lam_scale: float = 3.0
-    """The fixed multiplier inside σ of the official TRQAM code: σ = g/√(`lam_scale` · λ)."""
-    dual_log_space: bool = False
-    """Take relative dual steps in log λ (see [`flowsoc.DualDescent`][])."""
+    """The fixed λ, used when `trust_region` is `None`."""
+    trust_region: DualDescent | None = None
+    """Projected dual descent on λ holding the path KL (mean over paths) at `trust_region.kl_budget`
+    ([`flowsoc.DualDescent`][]); `None` for the fixed `lam`."""
     steps_per_dispatch: int = 100
     """Steps fused by `lax.scan` into one compiled call."""
     checkpoint_every: int = 1000
@@ -98,28 +85,20 @@ class FinetuneConfig:
             raise ValueError(
                 f"FinetuneConfig: shift must be > 0 or None (the samplers start at t=0), got {self.shift}."
             )
-        if self.kl_budget is None:
+        if self.trust_region is None:
             if self.lam is None or not np.isfinite(self.lam) or self.lam <= 0:
-                raise ValueError(f"FinetuneConfig: give a fixed lam > 0 or a kl_budget > 0, got lam={self.lam}.")
-        else:
-            self.dual()  # validates the budget and the λ bounds
+                raise ValueError(
+                    "FinetuneConfig: give a fixed lam > 0 or trust_region=DualDescent(kl_budget=...); "
+                    f"got lam={self.lam}."
+                )
+        elif not isinstance(self.trust_region, DualDescent):
+            kind = type(self.trust_region).__name__
+            raise TypeError(f"FinetuneConfig: trust_region must be a flowsoc.DualDescent or None, got {kind}.")
 
     @classmethod
     def fixed(cls, lam: float, **overrides) -> "FinetuneConfig":
         """Plain adjoint matching at a fixed λ (QAM's inverse temperature is 1/λ)."""
-        return cls(lam=lam, kl_budget=None, **overrides)
-
-    @classmethod
-    def trust_region(cls, kl_budget: float, **overrides) -> "FinetuneConfig":
-        """TRQAM's trust region with the official code's dual defaults (η=0.01, ρ=0.1, c=2,
-        λ₀=1 with multiplier 3, λ ∈ [0.01, 100])."""
-        return cls(kl_budget=kl_budget, **overrides)
-
-    def dual(self) -> DualDescent | None:
-        """The [`flowsoc.DualDescent`][] of this configuration (None for a fixed λ)."""
-        if self.kl_budget is None:
-            return None
-        return DualDescent.from_settings(self)
+        return cls(lam=lam, trust_region=None, **overrides)
 
 
 class FinetuneState(eqx.Module):
@@ -174,13 +153,13 @@ class Finetuner(eqx.Module):
         field = self.base if field is None else field
         key = jr.key(self.config.seed) if key is None else key
         params = eqx.filter(field, eqx.is_inexact_array)
-        dual = self.config.dual()
+        dual = self.config.trust_region
         dual_state = dual.init() if dual is not None else DualState(jnp.asarray(self.config.lam), jnp.zeros(()))
         return FinetuneState(field, _optimizer(self.config).init(params), dual_state, key, jnp.zeros((), jnp.int32))
 
     def lam(self, state: FinetuneState) -> Float[Array, ""]:
         """The λ inside σ at this state."""
-        dual = self.config.dual()
+        dual = self.config.trust_region
         return state.dual.lam if dual is None else dual.effective_lam(state.dual)
 
     def step(self, state: FinetuneState, args: Any = None) -> tuple[FinetuneState, dict[str, Array]]:
@@ -212,7 +191,7 @@ class Finetuner(eqx.Module):
         with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes a Python float and an int32 count
             updates, opt_state = _optimizer(cfg).update(grads, state.opt_state, params)
         new_field = eqx.apply_updates(state.field, updates)
-        dual = cfg.dual()
+        dual = cfg.trust_region
         new_dual = state.dual if dual is None else dual.update(state.dual, jnp.where(finite, kl, 0.0))
         new_state = _select(
             finite,

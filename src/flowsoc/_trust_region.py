@@ -32,8 +32,10 @@ class DualDescent(eqx.Module):
     $\log\lambda \leftarrow \log\lambda + \eta(\bar D - \varepsilon)/\varepsilon$ (projected likewise): steps
     are then relative, the same for any scale of λ or ε.
 
-    The λ that enters σ = g/√λ is `lam_scale * state.lam` ([`flowsoc.DualDescent.effective_lam`][]):
-    the official TRQAM code keeps a fixed multiplier 3 there. Defaults are the official code's.
+    The λ that enters σ = g/√λ is `lam_scale * state.lam` ([`flowsoc.DualDescent.effective_lam`][]).
+    The defaults are the official TRQAM code's except `lam_scale`: 1 here (σ = g/√λ), while TRQAM keeps a
+    fixed multiplier 3 there (`flowsoc.rl.AgentConfig`'s default and its presets set `lam_scale=3`).
+    It is the `trust_region` of [`flowsoc.FinetuneConfig`][] and of `flowsoc.rl.AgentConfig`.
 
     !!! example
 
@@ -54,7 +56,7 @@ class DualDescent(eqx.Module):
     lam_min: float = eqx.field(static=True, default=0.01)
     lam_max: float = eqx.field(static=True, default=100.0)
     lam_init: float = eqx.field(static=True, default=1.0)
-    lam_scale: float = eqx.field(static=True, default=3.0)
+    lam_scale: float = eqx.field(static=True, default=1.0)
     log_space: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
@@ -79,23 +81,6 @@ class DualDescent(eqx.Module):
             raise ValueError(f"DualDescent: lam_init={self.lam_init} lies outside [{self.lam_min}, {self.lam_max}].")
         if bad(self.lam_scale) or self.lam_scale <= 0:
             raise ValueError(f"DualDescent: lam_scale must be > 0, got {self.lam_scale}.")
-
-    @classmethod
-    def from_settings(cls, settings) -> "DualDescent":
-        """Build from a configuration with the fields `kl_budget`, `dual_step_size`, `dual_ema`,
-        `dual_clip_coef`, `lam_min`, `lam_max`, `lam_init`, `lam_scale` and `dual_log_space`
-        ([`flowsoc.FinetuneConfig`][], `flowsoc.rl.AgentConfig`)."""
-        return cls(
-            kl_budget=settings.kl_budget,
-            step_size=settings.dual_step_size,
-            ema=settings.dual_ema,
-            clip_coef=settings.dual_clip_coef,
-            lam_min=settings.lam_min,
-            lam_max=settings.lam_max,
-            lam_init=settings.lam_init,
-            lam_scale=settings.lam_scale,
-            log_space=settings.dual_log_space,
-        )
 
     def init(self, dtype=None) -> DualState:
         """The initial state: λ = `lam_init`, KL average 0."""

@@ -35,7 +35,7 @@ def small():
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """A session-wide data directory holding the SMALL datasets."""
-    from flowsoc.rl.datagen import generate, GenerateOptions
+    from flowsoc.rl.ogbench._datagen import generate, GenerateOptions
 
     root = tmp_path_factory.mktemp("ogbench-data")
     for stem, episodes in SMALL.items():

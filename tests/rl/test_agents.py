@@ -8,8 +8,9 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from flowsoc import DualDescent
 from flowsoc.rl import AgentConfig, BAM, QAM, TRQAM
-from flowsoc.rl.data import ChunkBatch
+from flowsoc.rl.ogbench._data import ChunkBatch
 
 
 B, OBS, ACT, H = 8, 5, 2, 3
@@ -155,7 +156,12 @@ def test_trqam_with_fixed_lambda_equals_qam(batch):
     TRQAM's (σ = g with the adjoint's boundary times τ, against σ = g/√λ)."""
     lam = 0.7
     tau = 1 / (3 * lam)
-    trqam = TRQAM.create(jr.key(0), OBS, ACT, CONFIG.replace(dual_update=False, lam_init=lam))
+    trqam = TRQAM.create(
+        jr.key(0),
+        OBS,
+        ACT,
+        CONFIG.replace(dual_update=False, trust_region=DualDescent(kl_budget=1.0, lam_init=lam, lam_scale=3.0)),
+    )
     qam = QAM.create(jr.key(0), OBS, ACT, CONFIG.replace(inv_temp=tau))
     key = jr.key(9)
 
@@ -182,14 +188,16 @@ def test_trqam_with_fixed_lambda_equals_qam(batch):
 def test_trqam_dual_step_uses_kl_per_action_step(batch):
     agent = TRQAM.create(jr.key(0), OBS, ACT, CONFIG)
     new, metrics = update(agent, batch)
-    expected = CONFIG.dual().update(agent.dual, metrics["kl"])
+    expected = CONFIG.trust_region.update(agent.dual, metrics["kl"])
     assert jnp.allclose(new.dual.lam, expected.lam) and jnp.allclose(new.dual.kl_avg, expected.kl_avg)
     assert jnp.allclose(metrics["lam"], 3 * agent.dual.lam)
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="kl_budget must be > 0"):
-        AgentConfig(kl_budget=0.0)
+        AgentConfig().with_kl_budget(0.0)
+    with pytest.raises(TypeError, match="trust_region"):  # our check, or beartype's under the test suite
+        AgentConfig(trust_region=1.0)
     with pytest.raises(ValueError, match="inv_temp must be > 0"):
         AgentConfig(inv_temp=-1.0)
     with pytest.raises(ValueError, match="flow_steps must be >= 2"):
@@ -266,12 +274,12 @@ def test_agents_learn_a_contextual_bandit():
         critic_hidden=(32, 32),
         num_critics=2,
         learning_rate=1e-3,
-        dual_step_size=0.05,
+        trust_region=DualDescent(kl_budget=1.0, step_size=0.05, lam_scale=3.0),
     )
     runs = {
         "qam": (QAM, config.replace(inv_temp=3.0)),
-        "trqam_0.1": (TRQAM, config.replace(kl_budget=0.1)),
-        "trqam_1": (TRQAM, config.replace(kl_budget=1.0)),
+        "trqam_0.1": (TRQAM, config.with_kl_budget(0.1)),
+        "trqam_1": (TRQAM, config.with_kl_budget(1.0)),
     }
     scores, kls, behaviour = {}, {}, {}
     for name, (cls, cfg) in runs.items():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.evaluate import agent_policy, evaluate, make_envs
+from flowsoc.rl._evaluate import agent_policy, evaluate
+from flowsoc.rl.ogbench._envs import make_envs
 
 
 class LineEnv:

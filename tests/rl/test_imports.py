@@ -17,8 +17,8 @@ import pytest
 NOT_LOADED = (
     "tyro",  # the generator's and the examples' CLI only
     "multiprocessing",  # the generator's worker pool and WorkerEnvs only
+    "flowsoc.rl.ogbench",  # the OGBench world: datasets, generator, presets, CLI engine, experts
     "flowsoc.rl.datagen",
-    "flowsoc.rl._datagen_rollout",
     "matplotlib",
     "ogbench",
     "gymnasium",

@@ -1,4 +1,4 @@
-"""flowsoc.rl.networks: exact forward passes against hand-written numpy, the reference initialisation,
+"""flowsoc.rl._networks: exact forward passes against hand-written numpy, the reference initialisation,
 the batched fast path of the velocity field, the stacked critic ensemble, EMA arithmetic."""
 
 import equinox as eqx
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import flowsoc as fs
-from flowsoc.rl.networks import count_params, CriticEnsemble, ema_update, MLP, VelocityMLP
+from flowsoc.rl._networks import count_params, CriticEnsemble, ema_update, MLP, VelocityMLP
 
 
-EPS = 1e-6  # Flax's LayerNorm default, which the reference networks use (flowsoc.rl.networks.LAYER_NORM_EPS)
+EPS = 1e-6  # Flax's LayerNorm default, which the reference networks use (flowsoc.rl._networks.LAYER_NORM_EPS)
 
 
 def _np_gelu(x):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from tests.rl.toy_envs import BanditEnv, CounterEnv
 
+from flowsoc import DualDescent
 from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.data import sample_chunks
-from flowsoc.rl.envs import InProcessEnvs, WorkerEnvs
-from flowsoc.rl.online import (
+from flowsoc.rl._envs import InProcessEnvs, WorkerEnvs
+from flowsoc.rl._online import (
     Collector,
     episode_seed,
     latest_online_checkpoint,
@@ -21,7 +21,8 @@ from flowsoc.rl.online import (
     train_online,
     with_kl_budget,
 )
-from flowsoc.rl.train import CheckpointError, load_transitions
+from flowsoc.rl._train import CheckpointError, load_transitions
+from flowsoc.rl.ogbench._data import sample_chunks
 
 
 # ---------------------------------------------------------------------------------- collection
@@ -117,7 +118,7 @@ CONFIG = AgentConfig.small(
     critic_hidden=(32, 32),
     num_critics=2,
     learning_rate=1e-3,
-    dual_step_size=0.05,
+    trust_region=DualDescent(kl_budget=1.0, step_size=0.05, lam_scale=3.0),
 )
 # One block size, batch size, buffer capacity and observation width everywhere: a single compiled
 # update block (64 offline rows + up to 1200 online steps).
@@ -230,7 +231,7 @@ def test_resume_mid_online_loses_no_transition(tmp_path):
 
 def test_non_finite_online_block_stops_with_the_last_good_state_saved(tmp_path, monkeypatch):
     import flowsoc as fs
-    import flowsoc.rl.online as online_module
+    import flowsoc.rl._online as online_module
 
     offline = bandit_offline()
     original = online_module.fused_updates
@@ -273,7 +274,7 @@ def test_online_checkpoint_mismatch_is_refused(tmp_path):
 def test_online_kl_budget_switch_keeps_lambda():
     agent = TRQAM.create(jr.key(0), 3, 1, CONFIG)
     switched = with_kl_budget(agent, 0.3)
-    assert switched.config == CONFIG.replace(kl_budget=0.3)
+    assert switched.config == CONFIG.with_kl_budget(0.3) and switched.config.trust_region.step_size == 0.05
     for a, b in zip(jax.tree.leaves(agent), jax.tree.leaves(switched)):
         assert a is b
     assert with_kl_budget(agent, None) is agent
@@ -296,7 +297,7 @@ def test_online_config_validation():
 def test_online_sparse_rewards_follow_the_offline_data():
     import dataclasses
 
-    from flowsoc.rl.online import online_sparse_rewards
+    from flowsoc.rl._online import online_sparse_rewards
 
     dense = bandit_offline()
     assert dense.sparse_rewards is None  # nothing recorded

@@ -45,10 +45,10 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from flowsoc import adjoint_matching_loss, DualState, lean_adjoint
+from flowsoc import adjoint_matching_loss, DualDescent, DualState, lean_adjoint
 from flowsoc.rl import AbstractFlowAgent, AgentConfig, BAM, QAM, TRQAM
-from flowsoc.rl.data import ChunkBatch
-from flowsoc.rl.networks import CriticEnsemble, VelocityMLP
+from flowsoc.rl._networks import CriticEnsemble, VelocityMLP
+from flowsoc.rl.ogbench._data import ChunkBatch
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "parity.npz"
@@ -143,7 +143,7 @@ def make_config(cfg: dict, **overrides) -> AgentConfig:
         pessimism=cfg["rho"],
         flow_steps=cfg["flow_steps"],
         inv_temp=cfg["inv_temp"],
-        lam_scale=cfg["lam_scale"],
+        trust_region=DualDescent(kl_budget=1.0, lam_scale=cfg["lam_scale"]),
         clip_adjoint_action=True,
         adjoint_base_time="next",
         adjoint_final_ode_step=False,
@@ -372,19 +372,16 @@ def test_dual_step_matches_official(fx, meta):
     official = meta["official_configs"]["trqam"]
     names = dict(
         kl_budget="kl_budget",
-        dual_step_size="eta_lambda",
-        dual_ema="kl_ema_coef",
-        dual_clip_coef="kl_clip_coef",
+        step_size="eta_lambda",
+        ema="kl_ema_coef",
+        clip_coef="kl_clip_coef",
         lam_min="lambda_min",
         lam_max="lambda_max",
         lam_scale="lam_scale",
     )
-    defaults = AgentConfig()
-    assert {ours: getattr(defaults, ours) for ours in names} == {
-        ours: official[theirs] for ours, theirs in names.items()
-    }
-    assert defaults.lam_init == 1.0 and not defaults.dual_log_space  # the official create(): λ = 1, KL average 0
-    dual = defaults.dual()
+    dual = AgentConfig().trust_region
+    assert {ours: getattr(dual, ours) for ours in names} == {ours: official[theirs] for ours, theirs in names.items()}
+    assert dual.lam_init == 1.0 and not dual.log_space  # the official create(): λ = 1, KL average 0
     for lam, kl_avg, kl, new_lam, new_kl_avg in fx["probe/dual"]:
         state = dual.update(DualState(lam=jnp.asarray(lam, jnp.float32), kl_avg=jnp.asarray(kl_avg, jnp.float32)), kl)
         np.testing.assert_allclose([state.lam, state.kl_avg], [new_lam, new_kl_avg], rtol=1e-6, atol=1e-7)

@@ -13,12 +13,11 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-import flowsoc.rl.train as train_module
+import flowsoc.rl._train as train_module
 from flowsoc._checkpoint import CheckpointError as CoreCheckpointError, latest_checkpoint
 from flowsoc.rl import AgentConfig, TRQAM
-from flowsoc.rl.data import ChunkBatch, sample_chunks, Transitions
-from flowsoc.rl.networks import VelocityMLP
-from flowsoc.rl.pretrain import (
+from flowsoc.rl._networks import VelocityMLP
+from flowsoc.rl._pretrain import (
     bc_checkpoint_name,
     BCConfig,
     BCPretrainer,
@@ -26,8 +25,9 @@ from flowsoc.rl.pretrain import (
     dataset_fingerprint,
     pretrain_behaviour,
 )
-from flowsoc.rl.seeds import create_agents, unstack_agent
-from flowsoc.rl.train import CheckpointError, TrainConfig
+from flowsoc.rl._seeds import create_agents, unstack_agent
+from flowsoc.rl._train import CheckpointError, TrainConfig
+from flowsoc.rl.ogbench._data import ChunkBatch, sample_chunks, Transitions
 
 
 OBS, ACT, N = 4, 2, 64
@@ -125,7 +125,7 @@ def test_pretrained_flow_starts_finetuning_at_policy_equal_base_and_zero_kl(data
     assert_same(agent.nets.critic, plain.nets.critic)
     assert_same(agent.target_critic, plain.target_critic)
     assert all(not np.any(x) for x in jax.tree.leaves(agent.opt_state))  # Adam moments and count at 0
-    assert int(agent.step) == 0 and float(agent.dual.lam) == CONFIG.lam_init
+    assert int(agent.step) == 0 and float(agent.dual.lam) == CONFIG.trust_region.lam_init
 
     # The first fine-tuning update (compiled once, ~15 s on 2 CPU cores; eager costs more) measures KL 0.
     batch = sample_chunks(data, jr.key(3), 8, CONFIG.horizon, CONFIG.discount)

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from flowsoc.rl import AgentConfig, QAM, TRQAM
-from flowsoc.rl.data import Transitions
-from flowsoc.rl.seeds import (
+from flowsoc.rl._seeds import (
     aggregate,
     create_agents,
     final_summary,
@@ -35,7 +34,8 @@ from flowsoc.rl.seeds import (
     train_offline_seeds,
     unstack_agent,
 )
-from flowsoc.rl.train import CheckpointError, fused_updates, NonFiniteLossError, train_offline, TrainConfig
+from flowsoc.rl._train import CheckpointError, fused_updates, NonFiniteLossError, train_offline, TrainConfig
+from flowsoc.rl.ogbench._data import Transitions
 
 
 OBS, ACT, N = 4, 2, 61  # N: a row count no parameter shape uses, to spot copies of the dataset
@@ -195,8 +195,8 @@ def test_aggregate_against_hand_computation():
 
 def test_bad_inputs_are_refused(data, tmp_path):
     a = TRQAM.create(jr.key(0), OBS, ACT, CONFIG)
-    with pytest.raises(ValueError, match=r"another AgentConfig than agent 0: kl_budget \(1.0 vs 0.3\)"):
-        stack_agents([a, TRQAM.create(jr.key(1), OBS, ACT, CONFIG.replace(kl_budget=0.3))])
+    with pytest.raises(ValueError, match=r"another AgentConfig than agent 0: trust_region\.kl_budget \(1.0 vs 0.3\)"):
+        stack_agents([a, TRQAM.create(jr.key(1), OBS, ACT, CONFIG.with_kl_budget(0.3))])
     with pytest.raises(ValueError, match="agent 1 is a QAM"):
         stack_agents([a, QAM.create(jr.key(1), OBS, ACT, CONFIG)])
     with pytest.raises(ValueError, match="other array shapes"):

@@ -13,8 +13,7 @@ import pytest
 
 from flowsoc import latest_checkpoint
 from flowsoc.rl import AgentConfig, QAM, TRQAM
-from flowsoc.rl.data import sample_chunks, Transitions
-from flowsoc.rl.train import (
+from flowsoc.rl._train import (
     batch_key,
     CheckpointError,
     fused_updates,
@@ -25,6 +24,7 @@ from flowsoc.rl.train import (
     train_offline,
     TrainConfig,
 )
+from flowsoc.rl.ogbench._data import sample_chunks, Transitions
 
 
 OBS, ACT, N = 4, 2, 64
@@ -123,8 +123,8 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(data, tmp_path):
     restored, meta = load_agent_checkpoint(ckpt, agent)
     assert int(restored.step) == 6 and meta["agent"] == "TRQAM"
 
-    other = TRQAM.create(jr.key(4), OBS, ACT, CONFIG.replace(kl_budget=0.3))
-    with pytest.raises(CheckpointError, match=r"kl_budget \(1.0 saved, 0.3 now\)"):
+    other = TRQAM.create(jr.key(4), OBS, ACT, CONFIG.with_kl_budget(0.3))
+    with pytest.raises(CheckpointError, match=r"agent_config\.trust_region\.kl_budget \(1.0 saved, 0.3 now\)"):
         train_offline(other, data, TRAIN, run_dir=tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match="batch_size"):
         train_offline(agent, data, TRAIN.replace(batch_size=8), run_dir=tmp_path / "run", resume=True)
@@ -209,13 +209,13 @@ def test_load_transitions_rejects_nan_naming_field_and_row():
 
 def test_a_batch_larger_than_the_dataset_is_warned_about(data):
     # the check train_offline and train_offline_seeds run before anything else (called alone: no compilation)
-    from flowsoc.rl.train import check_dataset
+    from flowsoc.rl._train import check_dataset
 
     with pytest.warns(UserWarning, match=f"batch size {N + 1} exceeds the dataset's {N} transitions"):
         check_dataset(data, CONFIG.horizon, N + 1)
     with pytest.raises(ValueError, match="fewer than the chunk length"):
         check_dataset(data, N + 1)  # no chunk of N + 1 steps in N transitions
-    with pytest.raises(TypeError, match="must be a flowsoc.rl.buffers.Transitions"):
+    with pytest.raises(TypeError, match="must be a flowsoc.rl.Transitions"):
         check_dataset({"observations": None}, CONFIG.horizon)
 
 
@@ -238,3 +238,73 @@ def test_metrics_log_restore_keeps_rows_up_to_step(tmp_path):
     restored = MetricsLog.restore(tmp_path, 6)
     assert [r["step"] for r in restored.rows] == [3, 6, 6]
     assert (tmp_path / "train.csv").read_text().splitlines() == ["step,kl", "3,3.0", "6,6.0"]
+
+
+# ---------------------------------------------------------------------------------- words and pictures
+
+
+def _curve_rows():
+    rows = [
+        {"kind": "eval", "step": s, "policy/success": p, "behaviour/success": 0.05, "policy/return": 0.0}
+        for s, p in ((0, 0.0), (20, 0.10), (40, 0.18))
+    ]
+    rows += [{"kind": "train", "step": s, "kl": 0.5, "lam": 3.0 * 0.9 ** (s / 2)} for s in range(2, 41, 2)]
+    return rows
+
+
+def test_learning_curve_axes_show_the_data_and_say_what_was_run(tmp_path, monkeypatch):
+    """Checked on matplotlib's objects: the success axis spans the data (0 to 1.2 x the best rate), the
+    legend uses the agent's name and "BC flow", λ's log axis reads plain numbers with a label a newcomer
+    understands, and a caption line names the agent, dataset, steps, seed and KL budget."""
+    import matplotlib.pyplot as plt
+
+    from flowsoc.rl._train import plot_learning_curve, run_caption
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    meta = {"agent": "TRQAM", "seed": 3, "info": {"env": "cube-single-play-singletask-task1-v0", "preset": "small"}}
+    caption = run_caption(meta, 24_000, kl_budget=0.5)
+    path = tmp_path / "curve.png"
+    plot_learning_curve(_curve_rows(), path, kl_budget=0.5, agent="TRQAM", caption=caption)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    (fig,) = figures
+    success, kl, lam = fig.axes
+    bottom, top = success.get_ylim()
+    assert top == pytest.approx(1.2 * 18) and -1 < bottom <= 0  # not 0-100%: 18% fills the panel
+    assert [t.get_text() for t in success.get_legend().get_texts()] == ["TRQAM", "BC flow"]
+    assert success.get_ylabel() == "success rate (%)"
+    assert lam.get_yscale() == "log" and lam.get_ylabel() == "λ (larger = closer to the BC flow)"
+    fig.canvas.draw()
+    low, high = lam.get_ylim()
+    labels = [t.get_text() for t in lam.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+    assert labels == ["0.5", "1", "2"]  # plain numbers where λ runs (2.7 down to 0.36), no 5×10⁻¹
+    assert [t.get_text() for t in fig.texts] == [
+        "TRQAM on cube-single-play-singletask-task1-v0 · small preset · 24,000 update steps · seed 3 · "
+        "KL budget 0.5 per action step"
+    ]
+
+
+def test_success_axis_keeps_a_floor_and_a_ceiling():
+    from flowsoc.rl._train import success_axis_top
+
+    assert success_axis_top([0.0, 0.0]) == 10  # nothing solved yet: 0-10%, not a flat line at the bottom
+    assert success_axis_top([]) == 10
+    assert success_axis_top([50.0]) == pytest.approx(60)
+    assert success_axis_top([100.0]) == 103
+
+
+def test_progress_bar_and_caption_use_the_same_names():
+    from flowsoc.rl._train import progress_postfix, run_caption
+
+    row = {"critic_loss": 1.0, "actor_loss": 2.0, "kl": 0.5, "lam": 1.5}
+    last_eval = {"step": 20, "policy/success": 0.12, "behaviour/success": 0.05, "policy/return": -3.0}
+    assert progress_postfix(row, last_eval, "TRQAM") == {
+        "critic_loss": "1",
+        "actor_loss": "2",
+        "kl": "0.5",
+        "lam": "1.5",
+        "TRQAM": "12%",
+        "BC flow": "5%",
+    }
+    seeds = {"agent": "QAM", "seeds": [0, 1, 2], "info": {}}
+    assert run_caption(seeds, 1000) == "QAM · 1,000 update steps · seeds 0-2 (mean)"

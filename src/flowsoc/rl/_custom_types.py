@@ -4,12 +4,12 @@ from collections.abc import Callable
 
 import equinox as eqx
 
-from .agents import AbstractFlowAgent
+from ._agents import AbstractFlowAgent
 
 
 Agent = eqx.Module
 """What the loops train: a pure `eqx.Module` with `update(batch) -> (new, metrics)`, an integer array `step`
-and a static `config` with `horizon` and `discount` (the flow agents, or `flowsoc.rl.pretrain.BCPretrainer`)."""
+and a static `config` with `horizon` and `discount` (the flow agents, or `flowsoc.rl.BCPretrainer`)."""
 
 Evaluator = Callable[[AbstractFlowAgent, int], dict[str, float]]
 """`evaluator(agent, step) -> metrics` (e.g. `policy/success`), run at the evaluation cadence."""

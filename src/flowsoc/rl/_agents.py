@@ -1,0 +1,359 @@
+r"""Flow actor-critic agents on the SOC core: QAM, TRQAM and the BAM ablation.
+
+One update skeleton (the official TRQAM/QAM codes):
+
+- a behaviour flow $f_\beta$ trained by flow matching on the data's action chunks, whose EMA
+  $\bar f_\beta$ is the base of the SOC problem;
+- a separate fine-tuned flow $f_\theta$ (the policy) trained towards $\pi^* \propto \bar\pi_\beta\,e^{Q/\lambda}$:
+  sample the memoryless SDE of $f_\theta$ ([`flowsoc.sample_sde`][]), solve the lean adjoint through
+  $\bar f_\beta$ from $\tilde a(1) = -\nabla_a \overline{Q}(s, \mathrm{clip}(a))$, the target critic's
+  ensemble mean ([`flowsoc.lean_adjoint`][]), and regress with [`flowsoc.adjoint_matching_loss`][]
+  at σ = g/√λ;
+- a critic ensemble trained on the pessimistic chunked TD target
+  $y = R_H + \gamma^H m_H\,(\mathrm{mean}_k - \rho\,\mathrm{std}_k)\,\bar Q_k(s', a')$ with $a'$ from the
+  policy's ODE;
+- one optax chain (global-norm clip, Adam) over all three, EMA targets from the pre-update
+  parameters, and for TRQAM one dual step on λ from the path KL per action step.
+
+QAM fixes λ = 1/τ; TRQAM adapts λ by [`flowsoc.DualDescent`][] (λ inside σ is `lam_scale * lam`);
+BAM backpropagates the SOC objective through the SDE ([`flowsoc.soc_objective`][]).
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from .._adjoint import lean_adjoint
+from .._kl import path_kl
+from .._losses import adjoint_matching_loss, soc_objective
+from .._paths import result_dtype, uniform_grid
+from .._sde import sample_ode, sample_sde
+from .._trust_region import DualState
+from ._buffers import ChunkBatch
+from ._config import AgentConfig
+from ._networks import CriticEnsemble, ema_update, VelocityMLP
+from ._pretrain import behaviour_flow_loss, clipped_adam
+
+
+def _frozen(module):
+    """`module` with its array leaves behind `stop_gradient`."""
+    arrays, static = eqx.partition(module, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), static)
+
+
+def check_same_structure(flow: VelocityMLP, like: VelocityMLP, what: str) -> None:
+    """Raise `ValueError` unless `flow` has the structure and array shapes of `like` (naming both)."""
+    shape = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), eqx.filter(m, eqx.is_array))  # noqa: E731
+    same = jax.tree.structure(flow) == jax.tree.structure(like) and shape(flow) == shape(like)
+    if not same:
+        raise ValueError(
+            f"{what}: the flow's network ({_describe(flow)}) does not match this agent's configuration "
+            f"({_describe(like)}); pre-train with the same observation width, chunk length and actor_hidden."
+        )
+
+
+def _describe(flow: VelocityMLP) -> str:
+    return (
+        f"observation {flow.obs_dim}, flattened chunk {flow.action_dim}, hidden {tuple(flow.mlp.hidden_sizes)}, "
+        f"layer_norm {flow.mlp.layer_norm}"
+    )
+
+
+def _optimizer(config: AgentConfig) -> optax.GradientTransformation:
+    return clipped_adam(config.learning_rate, config.grad_clip)
+
+
+class Trainables(eqx.Module):
+    """The parameters that receive gradients: critic, behaviour flow, policy flow."""
+
+    critic: CriticEnsemble
+    behaviour: VelocityMLP
+    policy: VelocityMLP
+
+
+class AbstractFlowAgent(eqx.Module):
+    """The shared state and update skeleton of QAM, TRQAM and BAM. Pure: `update` returns a new agent."""
+
+    nets: Trainables
+    target_critic: CriticEnsemble
+    base: VelocityMLP  # EMA of the behaviour flow: the base of the SOC problem
+    opt_state: PyTree
+    dual: DualState
+    key: PRNGKeyArray
+    step: Int[Array, ""]
+    config: AgentConfig = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(
+        cls,
+        key: PRNGKeyArray,
+        obs_dim: int,
+        action_dim: int,
+        config: AgentConfig,
+        *,
+        pretrained: VelocityMLP | None = None,
+    ):
+        """A fresh agent for observations of width `obs_dim` and actions of width `action_dim`
+        (the flows and the critic act on chunks of `config.horizon` actions, flattened).
+
+        `pretrained`: a behaviour flow trained by flow matching alone (BC pre-training, see
+        [`flowsoc.rl.pretrain_behaviour`][]). It becomes the behaviour flow, its EMA (the base) and the policy,
+        as in the TRQAM paper's pipeline, so fine-tuning starts at policy = base (path KL 0); the critic and
+        the optimiser start fresh. Without it every network starts from its own random initialisation
+        (the QAM paper's protocol)."""
+        if not isinstance(config, AgentConfig):
+            raise TypeError(f"{cls.__name__}.create: config must be an AgentConfig, got {type(config).__name__}.")
+        chunk = config.horizon * int(action_dim)
+        k_critic, k_behaviour, k_policy, k_agent = jr.split(key, 4)
+        critic = CriticEnsemble(
+            obs_dim,
+            chunk,
+            config.critic_hidden,
+            num_members=config.num_critics,
+            layer_norm=config.critic_layer_norm,
+            key=k_critic,
+        )
+        behaviour = VelocityMLP(
+            obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_behaviour
+        )
+        policy = VelocityMLP(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=k_policy)
+        if pretrained is not None:
+            check_same_structure(pretrained, behaviour, "pretrained")
+            behaviour = policy = pretrained
+        nets = Trainables(critic, behaviour, policy)
+        opt_state = _optimizer(config).init(eqx.filter(nets, eqx.is_inexact_array))
+        return cls(
+            nets=nets,
+            target_critic=critic,
+            base=behaviour,
+            opt_state=opt_state,
+            dual=cls._initial_dual(config),
+            key=k_agent,
+            step=jnp.zeros((), jnp.int32),
+            config=config,
+            action_dim=int(action_dim),
+        )
+
+    @staticmethod
+    def _initial_dual(config: AgentConfig) -> DualState:
+        return config.trust_region.init()
+
+    # ------------------------------------------------------------------ what differs between agents
+
+    @abc.abstractmethod
+    def lam(self) -> Float[Array, ""]:
+        """The λ inside σ = g/√λ (QAM and BAM: 1/τ)."""
+
+    @abc.abstractmethod
+    def actor_loss(
+        self, policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """The policy's loss on a batch and its metrics (including `kl`, per action step)."""
+
+    def dual_step(self, kl: Float[Array, ""]) -> DualState:
+        """The dual state after a gradient step (QAM and BAM: unchanged)."""
+        return self.dual
+
+    # ------------------------------------------------------------------ shared pieces
+
+    @property
+    def times(self) -> Float[Array, " n"]:
+        return uniform_grid(self.config.flow_steps)
+
+    def flow_actions(self, flow: VelocityMLP, observations: Array, key: PRNGKeyArray) -> Array:
+        """Euler ODE of `flow` from N(0, I) noise, clipped to [-1, 1]: flattened chunks `(B, H*A)`."""
+        noise = jr.normal(key, observations.shape[:-1] + (self.config.horizon * self.action_dim,), observations.dtype)
+        x1 = sample_ode(flow, noise, self.times, args=observations)
+        return jnp.clip(x1, -1.0, 1.0)
+
+    def sample_actions(
+        self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "policy"
+    ) -> Float[Array, "*batch horizon action"]:
+        """Action chunks from a flow's ODE (Euler, `flow_steps` steps), clipped to [-1, 1], shape
+        `(*batch, horizon, action_dim)`. `flow`: `"policy"` (the fine-tuned flow), `"behaviour"`
+        (the flow-matching BC flow) or `"base"` (its EMA, the SOC base)."""
+        flows = {"policy": self.nets.policy, "behaviour": self.nets.behaviour, "base": self.base}
+        if flow not in flows:
+            raise ValueError(f"flow must be one of {sorted(flows)}, got {flow!r}.")
+        single = observations.ndim == 1
+        obs = observations[None] if single else observations
+        actions = self.flow_actions(flows[flow], obs, key)
+        actions = actions.reshape(obs.shape[:-1] + (self.config.horizon, self.action_dim))
+        return actions[0] if single else actions
+
+    def critic_target(self, batch: ChunkBatch, key: PRNGKeyArray) -> Float[Array, " batch"]:
+        r"""$y = R_H + \gamma^H m_H\,(\mathrm{mean}_k - \rho\,\mathrm{std}_k)\bar Q_k(s', a')$, $a'$ from the
+        current policy's ODE at the state after the chunk (no gradient)."""
+        cfg = self.config
+        next_obs = batch.next_observations[:, -1]
+        next_actions = self.flow_actions(self.nets.policy, next_obs, key)
+        q_next = jax.vmap(self.target_critic)(next_obs, next_actions)  # (B, K)
+        value = jnp.mean(q_next, axis=-1) - cfg.pessimism * jnp.std(q_next, axis=-1)
+        # The data may be narrower than the critic (float32 rows, float64 networks under x64).
+        dtype = result_dtype(batch.rewards, batch.masks, value)
+        rewards, masks = batch.rewards[:, -1].astype(dtype), batch.masks[:, -1].astype(dtype)
+        target = rewards + cfg.discount**cfg.horizon * masks * value.astype(dtype)
+        return jax.lax.stop_gradient(target)
+
+    def critic_loss(self, critic: CriticEnsemble, batch: ChunkBatch, key: PRNGKeyArray):
+        """Mean over members and valid chunks of $(Q_k(s, a_{0:H}) - y)^2$."""
+        target = self.critic_target(batch, key)
+        actions = batch.actions.reshape(batch.actions.shape[0], -1)
+        q = jax.vmap(critic)(batch.observations, actions)  # (B, K)
+        dtype = result_dtype(batch.valid, q, target)
+        valid = batch.valid[:, -1].astype(dtype)
+        loss = jnp.mean(valid[:, None] * (q.astype(dtype) - target[:, None].astype(dtype)) ** 2)
+        return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(target)}
+
+    def behaviour_loss(self, behaviour: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray):
+        """Flow matching of the behaviour flow on the data's chunks (mean over entries, valid chunks;
+        [`flowsoc.rl.behaviour_flow_loss`][])."""
+        return behaviour_flow_loss(behaviour, batch, key)
+
+    def adjoint_terminal(self, x1: Float[Array, "batch chunk"], observations: Array) -> Float[Array, "batch chunk"]:
+        r"""$\tilde a(1) = -\nabla_a\,\mathrm{mean}_k \bar Q_k(s, \mathrm{clip}(a, -1, 1))$ per sample."""
+
+        def q_mean(a, o):
+            a = jnp.clip(a, -1.0, 1.0) if self.config.clip_adjoint_action else a
+            return jnp.mean(self.target_critic(o, a))
+
+        return -jax.vmap(jax.grad(q_mean))(x1, observations)
+
+    def losses(self, nets: Trainables, batch: ChunkBatch, key: PRNGKeyArray):
+        k_critic, k_behaviour, k_actor = jr.split(key, 3)
+        critic_loss, m_critic = self.critic_loss(nets.critic, batch, k_critic)
+        behaviour_loss, m_behaviour = self.behaviour_loss(nets.behaviour, batch, k_behaviour)
+        actor_loss, m_actor = self.actor_loss(nets.policy, batch, k_actor)
+        dtype = result_dtype(critic_loss, behaviour_loss, actor_loss)
+        total = critic_loss.astype(dtype) + behaviour_loss.astype(dtype) + actor_loss.astype(dtype)
+        return total, {**m_critic, **m_behaviour, **m_actor, "total_loss": total}
+
+    def update(self, batch: ChunkBatch) -> tuple["AbstractFlowAgent", dict[str, Array]]:
+        """One gradient step on critic, behaviour flow and policy (one optax chain), EMA targets
+        from the pre-update parameters, then the dual step. Pure and jittable."""
+        key, sub = jr.split(self.key)
+        params, static = eqx.partition(self.nets, eqx.is_inexact_array)
+
+        def loss_fn(p):
+            return self.losses(eqx.combine(p, static), batch, sub)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        # optax's Adam computes `decay ** count` (Python float, int32 count): outside strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = _optimizer(self.config).update(grads, self.opt_state, params)
+        nets = eqx.apply_updates(self.nets, updates)
+        rate = self.config.target_ema
+        target_critic = ema_update(self.target_critic, self.nets.critic, rate)
+        base = ema_update(self.base, self.nets.behaviour, rate)
+        dual = self.dual_step(metrics["kl"])
+        metrics = {**metrics, "lam": self.lam(), "grad_norm": optax.tree.norm(grads)}
+        new = eqx.tree_at(
+            lambda a: (a.nets, a.target_critic, a.base, a.opt_state, a.dual, a.key, a.step),
+            self,
+            (nets, target_critic, base, opt_state, dual, key, self.step + 1),
+        )
+        return new, metrics
+
+    # ------------------------------------------------------------------ adjoint matching (QAM, TRQAM)
+
+    def adjoint_matching_actor_loss(
+        self, policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray, lam, scale: float = 1.0
+    ):
+        """Adjoint matching of the policy towards $\\bar\\pi_\\beta e^{Q/\\lambda}$ (batch mean, times
+        `scale`), and the path KL to the base per action step (pre-update parameters, no gradient)."""
+        obs = batch.observations
+        k_noise, k_sde = jr.split(key)
+        x0 = jr.normal(k_noise, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
+        frozen = _frozen(policy)
+        xs = sample_sde(frozen, x0, self.times, k_sde, args=obs, final_field=self.base)
+        adj = lean_adjoint(
+            self.base,
+            xs,
+            self.times,
+            self.adjoint_terminal(xs[-1], obs),
+            args=obs,
+            base_time=self.config.adjoint_base_time,
+            final_ode_step=self.config.adjoint_final_ode_step,
+        )
+        loss, kl = adjoint_matching_loss(policy, self.base, xs, self.times, adj, lam=lam, args=obs, with_kl=True)
+        batch_size = obs.shape[0]
+        kl = kl / batch_size / self.config.horizon
+        loss = scale * loss / batch_size
+        return loss, {"actor_loss": loss, "kl": kl, "adjoint_norm": jnp.mean(jnp.abs(adj[-1]))}
+
+
+class QAM(AbstractFlowAgent):
+    r"""Q-learning with Adjoint Matching: a fixed λ = 1/τ (`config.inv_temp` = τ).
+
+    The loss has the official QAM code's scale, σ = g and the adjoint's boundary multiplied by τ:
+    $\sum_i \lVert 2(v_\theta - \bar v_\beta)/g_i + g_i\,\tau\,\tilde a_i \rVert^2$, which is τ times the
+    adjoint-matching loss at σ = g/√λ (same minimiser; the scale matters through the global-norm clip
+    shared with the critic and the behaviour flow)."""
+
+    def lam(self) -> Float[Array, ""]:
+        return jnp.asarray(1.0 / self.config.inv_temp)
+
+    def actor_loss(self, policy, batch, key):
+        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam(), scale=self.config.inv_temp)
+
+
+class TRQAM(AbstractFlowAgent):
+    """Trust Region QAM: λ adapted by projected dual descent so that the path KL per action step
+    sits at `config.trust_region.kl_budget`; σ = g/√(lam_scale·λ) (`lam_scale` = 3 in TRQAM)."""
+
+    def lam(self) -> Float[Array, ""]:
+        return self.config.trust_region.effective_lam(self.dual)
+
+    def actor_loss(self, policy, batch, key):
+        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam())
+
+    def dual_step(self, kl):
+        if not self.config.dual_update:
+            return self.dual
+        return self.config.trust_region.update(self.dual, jax.lax.stop_gradient(kl))
+
+
+class BAM(AbstractFlowAgent):
+    r"""The basic-adjoint ablation, the official BAM's loss (qam `agents/bam.py`, `compute_sde`, `actor_loss`):
+
+    $$L = \frac1B\sum_b\Big[\sum_{i=0}^{K-2}\frac{2}{g_s(t_i)^2}
+    \big\lVert v_\theta(t_i, x_i) - \bar v_\beta(t_i, x_i)\big\rVert^2 - \tau\,Q(s_b, x_K)\Big],$$
+
+    backpropagated through the memoryless SDE (the noiseless last base step costs nothing): τ times the SOC
+    objective at λ = 1/τ with c = 1/h ([`flowsoc.soc_objective`][]; `bam_running_cost_scale` sets c).
+    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action."""
+
+    def lam(self) -> Float[Array, ""]:
+        return jnp.asarray(1.0 / self.config.inv_temp)
+
+    def actor_loss(self, policy, batch, key):
+        obs = batch.observations
+        k_noise, k_sde = jr.split(key)
+        x0 = jr.normal(k_noise, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
+        scale = self.config.bam_running_cost_scale
+        scale = float(self.config.flow_steps) if scale is None else scale
+
+        critic = _frozen(self.nets.critic)
+        tau = self.config.inv_temp
+
+        def reward(x1, o):  # τ·Q, the official BAM's Q: online critic, mean - ρ std, at the unclipped action
+            q = jax.vmap(critic)(o, x1)
+            return tau * jnp.sum(jnp.mean(q, axis=-1) - self.config.pessimism * jnp.std(q, axis=-1))
+
+        # τ·(λ·c·KL − Q) at λ = 1/τ is c·KL − τ·Q: the SOC objective at λ = 1 with reward τ·Q.
+        objective = soc_objective(
+            policy, self.base, x0, self.times, k_sde, reward, lam=1.0, args=obs, running_cost_scale=scale
+        )
+        loss = objective / obs.shape[0]
+        frozen = _frozen(policy)
+        xs = sample_sde(frozen, x0, self.times, k_sde, args=obs, final_field=self.base)
+        kl = path_kl(frozen, self.base, xs, self.times, args=obs) / obs.shape[0] / self.config.horizon
+        return loss, {"actor_loss": loss, "kl": kl}
