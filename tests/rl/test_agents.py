@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import optax
 import pytest
 
 from flowsoc import DualDescent
@@ -293,3 +294,153 @@ def test_agents_learn_a_contextual_bandit():
     # TRQAM's realised KL sits at its budget, and a larger budget buys a higher reward.
     assert abs(kls["trqam_0.1"] - 0.1) < 0.02 and abs(kls["trqam_1"] - 1.0) < 0.15, kls
     assert scores["trqam_1"] > scores["trqam_0.1"] + 0.5, scores
+
+
+def test_agents_are_named_combinations_of_parts(batch):
+    """Each agent names its parts; a new agent is a new combination, not an override; an agent without its
+    parts cannot be built; the budget the temperature holds is what the loops draw."""
+    from typing import ClassVar
+
+    from flowsoc.rl import (
+        AbstractActor,
+        AbstractFlowAgent,
+        AbstractPolicyObjective,
+        AbstractTemperature,
+        BasicAdjoint,
+        FixedTemperature,
+        FlowODE,
+        LeanAdjointMatching,
+        TrustRegionTemperature,
+    )
+
+    assert (type(QAM.temperature), QAM.policy_objective) == (FixedTemperature, LeanAdjointMatching(True))
+    assert (type(TRQAM.temperature), TRQAM.policy_objective) == (TrustRegionTemperature, LeanAdjointMatching())
+    assert (type(BAM.temperature), type(BAM.policy_objective)) == (FixedTemperature, BasicAdjoint)
+    for cls in (QAM, TRQAM, BAM):  # no agent overrides the skeleton
+        assert not {"lam", "actor_loss", "dual_step", "update", "losses"} & set(vars(cls))
+
+    class Partless(AbstractFlowAgent):
+        pass
+
+    with pytest.raises(
+        TypeError, match=r"Partless does not name its parts \['temperature', 'policy_objective', 'actor'\]"
+    ):
+        Partless.create(jr.key(0), OBS, ACT, CONFIG)
+
+    class TrustRegionBAM(AbstractFlowAgent):  # the basic adjoint under the trust region: a new combination
+        temperature: ClassVar[AbstractTemperature] = TrustRegionTemperature()
+        policy_objective: ClassVar[AbstractPolicyObjective] = BasicAdjoint()
+        actor: ClassVar[AbstractActor] = FlowODE()
+
+    config = CONFIG.with_kl_budget(0.25)
+    agent = TrustRegionBAM.create(jr.key(0), OBS, ACT, config)
+    new, metrics = update(agent, batch)
+    expected = config.trust_region.update(agent.dual, metrics["kl"])
+    assert jnp.allclose(new.dual.lam, expected.lam) and not jnp.allclose(new.dual.lam, agent.dual.lam)
+    assert jnp.allclose(metrics["lam"], config.trust_region.effective_lam(agent.dual))
+    bam = BAM.create(jr.key(0), OBS, ACT, config)
+    assert jnp.allclose(metrics["kl"], update(bam, batch)[1]["kl"])  # same objective, same paths
+    assert (agent.kl_budget, TRQAM.create(jr.key(0), OBS, ACT, config).kl_budget, bam.kl_budget) == (0.25, 0.25, None)
+
+
+def test_qam_e_and_qam_f_learn_the_bandit_better_than_the_behaviour_flow():
+    """QAM-E (flow + bounded edit) and QAM-F (one-step policy) act better than the behaviour flow on the bandit."""
+    from flowsoc.rl import QAME, QAMF
+
+    config = AgentConfig.small(
+        horizon=1, discount=0.0, actor_hidden=(32, 32), critic_hidden=(32, 32), num_critics=2, learning_rate=1e-3
+    )
+    obs = jnp.repeat(jnp.eye(2), 500, axis=0)
+    for cls, cfg in ((QAME, config.replace(inv_temp=3.0, edit_scale=0.1)), (QAMF, config.replace(inv_temp=3.0))):
+        agent, _ = bandit_train(cls, cfg, 2000, jr.key(1))
+        acting = float(jnp.mean(bandit_reward(obs, agent.sample_actions(obs, jr.key(5))[:, 0])))
+        behaviour = bandit_score(agent, agent.base)
+        assert behaviour < -1.5 and acting > behaviour + 1.5, (cls.__name__, acting, behaviour)
+
+
+def test_qam_e_edits_stay_within_edit_scale_and_its_temperature_reaches_the_target_entropy(batch):
+    from flowsoc.rl import EditedFlow, QAME
+
+    config = CONFIG.replace(edit_scale=0.3)
+    agent = QAME.create(jr.key(0), OBS, ACT, config)
+    assert QAME.actor == EditedFlow() and float(jnp.exp(agent.nets.actor["log_alpha"])) == 1.0  # α starts at 1
+    flow, edited, log_prob = EditedFlow()._edited(agent, agent.nets.actor, batch.observations, jr.key(3))
+    assert jnp.all(jnp.abs(edited - flow) <= 0.3 + 1e-12) and not jnp.allclose(edited, flow)
+    assert jnp.allclose(flow, agent.flow_actions(agent.nets.policy, batch.observations, jr.split(jr.key(3))[0]))
+    assert jnp.all(jnp.abs(edited) <= 1) and log_prob.shape == (B,)
+    # The edit actor and its temperature alone, on a fixed batch, under a concave Q that rewards concentrating the
+    # edit (maximising Q alone would shrink its entropy without end): the temperature holds it at -0.5 * HA.
+    target = -0.5 * H * ACT
+
+    class ConcaveQ(eqx.Module):
+        def __call__(self, o, a):
+            return jnp.stack([-10.0 * jnp.sum((a - 0.2) ** 2)] * 2)
+
+    agent = eqx.tree_at(lambda a: a.nets.critic, agent, ConcaveQ())
+    opt = optax.adam(3e-3)
+
+    @eqx.filter_jit
+    def steps(params, state, key):
+        def body(carry, k):
+            params, state = carry
+            (loss, m), g = eqx.filter_value_and_grad(lambda p: EditedFlow().loss(agent, p, batch, k), has_aux=True)(
+                params
+            )
+            with jax.numpy_dtype_promotion("standard"):  # optax's Adam: a Python float and an int32 count
+                updates, state = opt.update(g, state, params)
+            return (eqx.apply_updates(params, updates), state), m["edit_entropy"]
+
+        return jax.lax.scan(body, (params, state), jr.split(key, 500))
+
+    params = agent.nets.actor
+    state = opt.init(eqx.filter(params, eqx.is_inexact_array))
+    entropies = []
+    for i in range(6):
+        (params, state), entropy = steps(params, state, jr.key(i))
+        entropies.append(entropy)
+    entropy = jnp.concatenate(entropies)
+    assert abs(float(entropy[:50].mean()) - target) > 1.0  # it starts far from the target...
+    assert abs(float(entropy[-500:].mean()) - target) < 0.1 * abs(target), float(entropy[-500:].mean())  # ...ends at it
+
+
+def test_qam_f_one_step_policy_converges_to_the_ode_policy_without_the_q_term(batch):
+    from flowsoc.rl import QAMF
+
+    agent = QAMF.create(jr.key(0), OBS, ACT, CONFIG.replace(fql_alpha=10.0))
+    zero_q = eqx.tree_at(lambda a: a.nets.critic, agent, jax.tree.map(jnp.zeros_like, agent.nets.critic))  # Q ≡ 0
+    opt = optax.adam(3e-3)
+    part = QAMF.actor
+
+    @eqx.filter_jit
+    def steps(params, state, key):
+        def body(carry, k):
+            params, state = carry
+            (loss, m), g = eqx.filter_value_and_grad(lambda p: part.loss(zero_q, p, batch, k), has_aux=True)(params)
+            with jax.numpy_dtype_promotion("standard"):  # optax's Adam: a Python float and an int32 count
+                updates, state = opt.update(g, state, params)
+            return (eqx.apply_updates(params, updates), state), (m["fql_distill_loss"], m["fql_q_loss"])
+
+        return jax.lax.scan(body, (params, state), jr.split(key, 1500))
+
+    params = agent.nets.actor
+    (params, _), (distill, q_loss) = steps(params, opt.init(eqx.filter(params, eqx.is_inexact_array)), jr.key(1))
+    assert jnp.all(q_loss == 0)
+    assert float(distill[-100:].mean()) < 0.05 * float(distill[:10].mean()), (
+        distill[:10].mean(),
+        distill[-100:].mean(),
+    )
+    noise = jr.normal(jr.key(9), (B, H * ACT))
+    ode = agent.flow_actions(agent.nets.policy, batch.observations, noise=noise)
+    assert float(jnp.mean((params(batch.observations, noise) - ode) ** 2)) < 0.05 * float(distill[:10].mean())
+
+
+@pytest.mark.parametrize("scale, alpha", [(0.0, 30.0), (0.1, 0.0)])
+def test_qam_e_and_f_with_their_knob_at_zero_act_with_the_flow_as_the_official_code(scale, alpha, batch):
+    from flowsoc.rl import QAME, QAMF
+
+    cls = QAME if alpha else QAMF
+    agent = cls.create(jr.key(0), OBS, ACT, CONFIG.replace(edit_scale=scale, fql_alpha=alpha))
+    assert agent.nets.actor is None
+    plain = agent.sample_actions(batch.observations, jr.key(2))
+    flow = agent.flow_actions(agent.nets.policy, batch.observations, jr.key(2)).reshape(B, H, ACT)
+    assert jnp.array_equal(plain, flow)

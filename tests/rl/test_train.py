@@ -106,6 +106,27 @@ def test_resume_equals_uninterrupted_run(data, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["QAME", "QAMF"])
+def test_qam_e_and_f_train_checkpoint_and_resume_like_any_agent(name, data, tmp_path):
+    """The acting part's own parameters (edit actor and temperature, one-step policy) go through the offline loop,
+    its checkpoints and resume like every other array of the agent."""
+    import flowsoc.rl
+
+    cls = getattr(flowsoc.rl, name)
+    agent = cls.create(jr.key(2), OBS, ACT, CONFIG.replace(edit_scale=0.2, fql_alpha=10.0))
+    assert agent.nets.actor is not None
+    train = TRAIN.replace(steps=6)
+    full = train_offline(agent, data, train, run_dir=tmp_path / "full")
+    train_offline(agent, data, train.replace(steps=3), run_dir=tmp_path / "part")
+    resumed = train_offline(agent, data, train, run_dir=tmp_path / "part", resume=True)
+    for a, b in zip(leaves(full.agent), leaves(resumed.agent)):
+        np.testing.assert_array_equal(a, b)
+    moved = [not np.array_equal(a, b) for a, b in zip(leaves(agent.nets.actor), leaves(full.agent.nets.actor))]
+    assert any(moved) and full.rows[-1]["step"] == 6
+    assert ("edit_entropy" if name == "QAME" else "fql_distill_loss") in full.rows[-1]
+    assert full.agent.sample_actions(data.observations[:4], jr.key(0)).shape == (4, CONFIG.horizon, ACT)
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(data, tmp_path):
     agent = TRQAM.create(jr.key(3), OBS, ACT, CONFIG)
     train_offline(agent, data, TRAIN.replace(steps=6), run_dir=tmp_path / "run")

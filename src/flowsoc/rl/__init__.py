@@ -13,11 +13,23 @@ library, multiprocessing or simulator. Needs the `rl` extra (`pip install -e '.[
 """
 
 from ._agents import (
+    AbstractActor as AbstractActor,
     AbstractFlowAgent as AbstractFlowAgent,
+    AbstractPolicyObjective as AbstractPolicyObjective,
+    AbstractTemperature as AbstractTemperature,
     BAM as BAM,
+    BasicAdjoint as BasicAdjoint,
+    EditedFlow as EditedFlow,
+    FixedTemperature as FixedTemperature,
+    FlowODE as FlowODE,
+    LeanAdjointMatching as LeanAdjointMatching,
+    OneStepDistillation as OneStepDistillation,
     QAM as QAM,
+    QAME as QAME,
+    QAMF as QAMF,
     Trainables as Trainables,
     TRQAM as TRQAM,
+    TrustRegionTemperature as TrustRegionTemperature,
 )
 from ._buffers import (
     ACTION_CLIP_EPS as ACTION_CLIP_EPS,
@@ -49,6 +61,8 @@ from ._networks import (
     CriticEnsemble as CriticEnsemble,
     ema_update as ema_update,
     MLP as MLP,
+    OneStepPolicy as OneStepPolicy,
+    TanhGaussian as TanhGaussian,
     VelocityMLP as VelocityMLP,
 )
 from ._online import (

@@ -15,11 +15,23 @@ One update skeleton (the official TRQAM/QAM codes):
 - one optax chain (global-norm clip, Adam) over all three, EMA targets from the pre-update
   parameters, and for TRQAM one dual step on λ from the path KL per action step.
 
-QAM fixes λ = 1/τ; TRQAM adapts λ by [`flowsoc.DualDescent`][] (λ inside σ is `lam_scale * lam`);
-BAM backpropagates the SOC objective through the SDE ([`flowsoc.soc_objective`][]).
+An agent is a named combination of parts, each an `eqx.Module` with one job (abstract-or-final, as in
+Equinox), passed to the one skeleton rather than overriding it:
+
+| agent | what sets λ | what trains the policy flow | what acts |
+|---|---|---|---|
+| `QAM` | `FixedTemperature`: λ = 1/τ | `LeanAdjointMatching(times_inv_temp=True)` | `FlowODE` |
+| `TRQAM` | `TrustRegionTemperature`: [`flowsoc.DualDescent`][] | `LeanAdjointMatching()` | `FlowODE` |
+| `BAM` | `FixedTemperature` | `BasicAdjoint()`: [`flowsoc.soc_objective`][] through the SDE | `FlowODE` |
+| `QAME` | `FixedTemperature` | `LeanAdjointMatching(times_inv_temp=True)` | `EditedFlow`: ODE + bounded edit |
+| `QAMF` | `FixedTemperature` | `LeanAdjointMatching(times_inv_temp=True)` | `OneStepDistillation` |
+
+The parts are `AbstractTemperature`, `AbstractPolicyObjective` and `AbstractActor` (the acting part's own
+parameters, if any, are trained beside the others in the one optimiser).
 """
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -36,7 +48,7 @@ from .._sde import sample_ode, sample_sde
 from .._trust_region import DualState
 from ._buffers import ChunkBatch
 from ._config import AgentConfig
-from ._networks import CriticEnsemble, ema_update, VelocityMLP
+from ._networks import CriticEnsemble, ema_update, OneStepPolicy, TanhGaussian, VelocityMLP
 from ._pretrain import behaviour_flow_loss, clipped_adam
 
 
@@ -68,12 +80,236 @@ def _optimizer(config: AgentConfig) -> optax.GradientTransformation:
     return clipped_adam(config.learning_rate, config.grad_clip)
 
 
+# ---------------------------------------------------------------------------------- the parts
+
+
+class AbstractTemperature(eqx.Module):
+    """What sets λ, the weight of the KL to the base (σ = g/√λ), and how it moves after a gradient step."""
+
+    @abc.abstractmethod
+    def lam(self, config: AgentConfig, dual: DualState) -> Float[Array, ""]:
+        """The λ inside σ = g/√λ."""
+
+    @abc.abstractmethod
+    def update(self, config: AgentConfig, dual: DualState, kl: Float[Array, ""]) -> DualState:
+        """The dual state after a gradient step whose policy had path KL `kl` per action step."""
+
+    def kl_budget(self, config: AgentConfig) -> float | None:
+        """The path-KL budget this temperature holds, if any (drawn on learning curves)."""
+        return None
+
+
+class FixedTemperature(AbstractTemperature):
+    """λ = 1/τ, fixed (`config.inv_temp` = τ; QAM, BAM)."""
+
+    def lam(self, config, dual):
+        return jnp.asarray(1.0 / config.inv_temp)
+
+    def update(self, config, dual, kl):
+        return dual
+
+
+class TrustRegionTemperature(AbstractTemperature):
+    """λ moved by projected dual descent so that the path KL per action step sits at its budget
+    (`config.trust_region`, a [`flowsoc.DualDescent`][]; `config.dual_update=False` holds λ; TRQAM)."""
+
+    def lam(self, config, dual):
+        return config.trust_region.effective_lam(dual)
+
+    def update(self, config, dual, kl):
+        if not config.dual_update:
+            return dual
+        return config.trust_region.update(dual, jax.lax.stop_gradient(kl))
+
+    def kl_budget(self, config):
+        return config.trust_region.kl_budget
+
+
+class AbstractPolicyObjective(eqx.Module):
+    """What trains the policy flow: its loss on a batch, and its metrics, which include the path KL `kl` to the
+    base per action step (pre-update parameters, no gradient)."""
+
+    @abc.abstractmethod
+    def loss(
+        self, agent: "AbstractFlowAgent", policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], dict[str, Array]]: ...
+
+
+class LeanAdjointMatching(AbstractPolicyObjective):
+    r"""Adjoint matching of the policy towards $\bar\pi_\beta e^{Q/\lambda}$ (QAM, TRQAM): the memoryless SDE of
+    the policy, the lean adjoint through the base from $-\nabla_a \overline Q$, the regression at σ = g/√λ.
+
+    `times_inv_temp=True` multiplies the loss by τ = `config.inv_temp`: the official QAM code's scale, σ = g
+    and the adjoint's boundary multiplied by τ,
+    $\sum_i \lVert 2(v_\theta - \bar v_\beta)/g_i + g_i\,\tau\,\tilde a_i \rVert^2$, which is τ times the loss at
+    σ = g/√λ, λ = 1/τ (same minimiser; the scale matters through the global-norm clip shared with the critic and
+    the behaviour flow)."""
+
+    times_inv_temp: bool = eqx.field(static=True, default=False)
+
+    def loss(self, agent, policy, batch, key):
+        scale = agent.config.inv_temp if self.times_inv_temp else 1.0
+        return agent.adjoint_matching_actor_loss(policy, batch, key, agent.lam(), scale=scale)
+
+
+class BasicAdjoint(AbstractPolicyObjective):
+    r"""The basic-adjoint ablation, the official BAM's loss (qam `agents/bam.py`, `compute_sde`, `actor_loss`):
+
+    $$L = \frac1B\sum_b\Big[\sum_{i=0}^{K-2}\frac{2}{g_s(t_i)^2}
+    \big\lVert v_\theta(t_i, x_i) - \bar v_\beta(t_i, x_i)\big\rVert^2 - \tau\,Q(s_b, x_K)\Big],$$
+
+    backpropagated through the memoryless SDE (the noiseless last base step costs nothing): τ times the SOC
+    objective at λ = 1/τ with c = 1/h ([`flowsoc.soc_objective`][]; `bam_running_cost_scale` sets c).
+    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action."""
+
+    def loss(self, agent, policy, batch, key):
+        config = agent.config
+        obs = batch.observations
+        k_noise, k_sde = jr.split(key)
+        x0 = jr.normal(k_noise, obs.shape[:-1] + (config.horizon * agent.action_dim,), obs.dtype)
+        scale = config.bam_running_cost_scale
+        scale = float(config.flow_steps) if scale is None else scale
+
+        critic = _frozen(agent.nets.critic)
+        tau = config.inv_temp
+
+        def reward(x1, o):  # τ·Q, the official BAM's Q: online critic, mean - ρ std, at the unclipped action
+            q = jax.vmap(critic)(o, x1)
+            return tau * jnp.sum(jnp.mean(q, axis=-1) - config.pessimism * jnp.std(q, axis=-1))
+
+        # τ·(λ·c·KL − Q) at λ = 1/τ is c·KL − τ·Q: the SOC objective at λ = 1 with reward τ·Q.
+        objective = soc_objective(
+            policy, agent.base, x0, agent.times, k_sde, reward, lam=1.0, args=obs, running_cost_scale=scale
+        )
+        loss = objective / obs.shape[0]
+        frozen = _frozen(policy)
+        xs = sample_sde(frozen, x0, agent.times, k_sde, args=obs, final_field=agent.base)
+        kl = path_kl(frozen, agent.base, xs, agent.times, args=obs) / obs.shape[0] / config.horizon
+        return loss, {"actor_loss": loss, "kl": kl}
+
+
+class AbstractActor(eqx.Module):
+    """What acts: action chunks for evaluation, for acting online and for the critic's next actions, from the
+    policy flow and the actor's own trainable parameters (if any), with the loss that trains those."""
+
+    def init(self, key: PRNGKeyArray, obs_dim: int, chunk: int, config: AgentConfig) -> PyTree:
+        """The actor's own trainable parameters (`None`: it has none)."""
+        return None
+
+    @abc.abstractmethod
+    def act(self, agent: "AbstractFlowAgent", params: PyTree, observations: Array, key: PRNGKeyArray) -> Array:
+        """Flattened action chunks `(B, H*A)` in [-1, 1] for observations `(B, obs)`."""
+
+    def loss(
+        self, agent: "AbstractFlowAgent", params: PyTree, batch: ChunkBatch, key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """The loss of the actor's own parameters (0 when it has none)."""
+        return jnp.zeros((), batch.observations.dtype), {}
+
+
+class FlowODE(AbstractActor):
+    """The policy flow's ODE from N(0, I) noise, clipped to [-1, 1] (QAM, TRQAM, BAM)."""
+
+    def act(self, agent, params, observations, key):
+        return agent.flow_actions(agent.nets.policy, observations, key)
+
+
+class EditedFlow(AbstractActor):
+    r"""QAM-E: the flow's action $a$ refined by a bounded, learned edit, $\mathrm{clip}(a + \kappa e, -1, 1)$ with
+    $\kappa$ = `config.edit_scale` and $e \in (-1, 1)$ from a tanh-squashed Gaussian on $(s, a)$ (sampled, also in
+    evaluation and for the critic's next actions). Its loss (the official QAM code's, weight 1 each):
+
+    $$-\mathrm{mean}_b\,\mathrm{mean}_k Q_k(s, \mathrm{clip}(a + \kappa e)) + \mathrm{mean}_b\,\bar\alpha\log p(e)
+    + \alpha\,(-\overline{\log p(e)} - \mathcal H_{\rm target}),$$
+
+    the online critic without its gradient, $\bar\alpha$ the temperature without its gradient, $\alpha = e^{\log\alpha}$
+    learned from 1, $\mathcal H_{\rm target} = -$`edit_target_entropy_multiplier`$\cdot HA$. With `edit_scale=0` the
+    flow's ODE acts and nothing more is trained (the official code)."""
+
+    def init(self, key, obs_dim, chunk, config):
+        if config.edit_scale == 0:
+            return None
+        edit = TanhGaussian(obs_dim + chunk, chunk, config.actor_hidden, key=key)
+        return {"edit": edit, "log_alpha": jnp.zeros((), jnp.result_type(float))}
+
+    def _edited(self, agent, params, observations, key):
+        if params is None:  # edit_scale = 0: the flow's ODE alone
+            flow = agent.flow_actions(agent.nets.policy, observations, key)
+            return flow, flow, None
+        k_flow, k_edit = jr.split(key)
+        flow = agent.flow_actions(agent.nets.policy, observations, k_flow)
+        edit, log_prob = params["edit"].sample(jnp.concatenate([observations.astype(flow.dtype), flow], -1), k_edit)
+        return flow, jnp.clip(flow + agent.config.edit_scale * edit, -1.0, 1.0), log_prob
+
+    def act(self, agent, params, observations, key):
+        return self._edited(agent, params, observations, key)[1]
+
+    def loss(self, agent, params, batch, key):
+        if params is None:
+            return super().loss(agent, params, batch, key)
+        obs = batch.observations
+        flow, edited, log_prob = self._edited(agent, params, obs, key)
+        q = jnp.mean(jax.vmap(_frozen(agent.nets.critic))(obs, edited), axis=-1)
+        q_loss = -jnp.mean(q)
+        alpha = jnp.exp(params["log_alpha"])
+        entropy_loss = jnp.mean(jax.lax.stop_gradient(alpha) * log_prob)
+        entropy = -jnp.mean(jax.lax.stop_gradient(log_prob))
+        target = -agent.config.edit_target_entropy_multiplier * flow.shape[-1]
+        alpha_loss = alpha * (entropy - target)
+        loss = q_loss + entropy_loss + alpha_loss
+        return loss, {
+            "edit_q_loss": q_loss,
+            "edit_entropy_loss": entropy_loss,
+            "edit_alpha_loss": alpha_loss,
+            "edit_entropy": entropy,
+            "edit_alpha": alpha,
+        }
+
+
+class OneStepDistillation(AbstractActor):
+    r"""QAM-F: a one-step policy $\mu(s, z)$ acts, $\mathrm{clip}(\mu(s, z), -1, 1)$, $z \sim \mathcal N(0, I)$,
+    trained (the official QAM code's FQL loss) by
+
+    $$-\mathrm{mean}_b\,\mathrm{mean}_k Q_k(s, \mathrm{clip}(\mu(s, z))) + \alpha_{\rm F}\,
+    \mathrm{mean}\,\big(\mathrm{ODE}_\theta(s, z) - \mu(s, z)\big)^2,$$
+
+    the online critic without its gradient (not normalised), the policy flow's ODE from the same noise held fixed,
+    $\alpha_{\rm F}$ = `config.fql_alpha`. With `fql_alpha=0` the flow's ODE acts and nothing more is trained
+    (the official code)."""
+
+    def init(self, key, obs_dim, chunk, config):
+        if config.fql_alpha == 0:
+            return None
+        return OneStepPolicy(obs_dim, chunk, config.actor_hidden, layer_norm=config.actor_layer_norm, key=key)
+
+    def act(self, agent, params, observations, key):
+        if params is None:
+            return agent.flow_actions(agent.nets.policy, observations, key)
+        noise = jr.normal(key, observations.shape[:-1] + (agent.chunk,), observations.dtype)
+        return jnp.clip(params(observations, noise), -1.0, 1.0)
+
+    def loss(self, agent, params, batch, key):
+        if params is None:
+            return super().loss(agent, params, batch, key)
+        obs = batch.observations
+        noise = jr.normal(key, obs.shape[:-1] + (agent.chunk,), obs.dtype)
+        flow = jax.lax.stop_gradient(agent.flow_actions(agent.nets.policy, obs, noise=noise))
+        one_step = params(obs, noise)
+        distill = jnp.mean((flow - one_step) ** 2)
+        q = jnp.mean(jax.vmap(_frozen(agent.nets.critic))(obs, jnp.clip(one_step, -1.0, 1.0)), axis=-1)
+        q_loss = -jnp.mean(q)
+        loss = q_loss + agent.config.fql_alpha * distill
+        return loss, {"fql_q_loss": q_loss, "fql_distill_loss": distill}
+
+
 class Trainables(eqx.Module):
-    """The parameters that receive gradients: critic, behaviour flow, policy flow."""
+    """The parameters that receive gradients: critic, behaviour flow, policy flow, and the acting part's own
+    (QAM-E's edit actor and temperature, QAM-F's one-step policy; `None` when the flow's ODE acts)."""
 
     critic: CriticEnsemble
     behaviour: VelocityMLP
     policy: VelocityMLP
+    actor: PyTree = None
 
 
 class AbstractFlowAgent(eqx.Module):
@@ -111,6 +347,12 @@ class AbstractFlowAgent(eqx.Module):
         (the QAM paper's protocol)."""
         if not isinstance(config, AgentConfig):
             raise TypeError(f"{cls.__name__}.create: config must be an AgentConfig, got {type(config).__name__}.")
+        missing = [part for part in ("temperature", "policy_objective", "actor") if not hasattr(cls, part)]
+        if missing:
+            raise TypeError(
+                f"{cls.__name__} does not name its parts {missing}: an agent is a combination of a temperature, a "
+                "policy objective and an actor, given as class variables (see flowsoc.rl.QAM)."
+            )
         chunk = config.horizon * int(action_dim)
         k_critic, k_behaviour, k_policy, k_agent = jr.split(key, 4)
         critic = CriticEnsemble(
@@ -128,7 +370,8 @@ class AbstractFlowAgent(eqx.Module):
         if pretrained is not None:
             check_same_structure(pretrained, behaviour, "pretrained")
             behaviour = policy = pretrained
-        nets = Trainables(critic, behaviour, policy)
+        actor = cls.actor.init(jr.fold_in(key, 7), obs_dim, chunk, config)  # its own key: the others unchanged
+        nets = Trainables(critic, behaviour, policy, actor)
         opt_state = _optimizer(config).init(eqx.filter(nets, eqx.is_inexact_array))
         return cls(
             nets=nets,
@@ -146,21 +389,35 @@ class AbstractFlowAgent(eqx.Module):
     def _initial_dual(config: AgentConfig) -> DualState:
         return config.trust_region.init()
 
-    # ------------------------------------------------------------------ what differs between agents
+    # ------------------------------------------------------------------ the parts an agent names
 
-    @abc.abstractmethod
+    temperature: eqx.AbstractClassVar[AbstractTemperature]
+    """What sets λ (a class-level part of each agent)."""
+    policy_objective: eqx.AbstractClassVar[AbstractPolicyObjective]
+    """What trains the policy flow (a class-level part of each agent)."""
+    actor: eqx.AbstractClassVar[AbstractActor]
+    """What acts (a class-level part of each agent); its trainable parameters, if any, are `nets.actor`."""
+
     def lam(self) -> Float[Array, ""]:
-        """The λ inside σ = g/√λ (QAM and BAM: 1/τ)."""
+        """The λ inside σ = g/√λ ([`AbstractTemperature.lam`][flowsoc.rl.AbstractTemperature.lam])."""
+        return self.temperature.lam(self.config, self.dual)
 
-    @abc.abstractmethod
     def actor_loss(
         self, policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
-        """The policy's loss on a batch and its metrics (including `kl`, per action step)."""
+        """The policy's loss on a batch and its metrics, including `kl` per action step
+        ([`AbstractPolicyObjective.loss`][flowsoc.rl.AbstractPolicyObjective.loss])."""
+        return self.policy_objective.loss(self, policy, batch, key)
 
     def dual_step(self, kl: Float[Array, ""]) -> DualState:
-        """The dual state after a gradient step (QAM and BAM: unchanged)."""
-        return self.dual
+        """The dual state after a gradient step
+        ([`AbstractTemperature.update`][flowsoc.rl.AbstractTemperature.update])."""
+        return self.temperature.update(self.config, self.dual, kl)
+
+    @property
+    def kl_budget(self) -> float | None:
+        """The path-KL budget per action step that this agent holds (TRQAM), else `None`."""
+        return self.temperature.kl_budget(self.config)
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -168,33 +425,45 @@ class AbstractFlowAgent(eqx.Module):
     def times(self) -> Float[Array, " n"]:
         return uniform_grid(self.config.flow_steps)
 
-    def flow_actions(self, flow: VelocityMLP, observations: Array, key: PRNGKeyArray) -> Array:
-        """Euler ODE of `flow` from N(0, I) noise, clipped to [-1, 1]: flattened chunks `(B, H*A)`."""
-        noise = jr.normal(key, observations.shape[:-1] + (self.config.horizon * self.action_dim,), observations.dtype)
+    @property
+    def chunk(self) -> int:
+        """The flattened chunk width `horizon * action_dim`."""
+        return self.config.horizon * self.action_dim
+
+    def flow_actions(
+        self, flow: VelocityMLP, observations: Array, key: PRNGKeyArray | None = None, *, noise: Array | None = None
+    ) -> Array:
+        """Euler ODE of `flow` from N(0, I) noise (drawn from `key`, or given), clipped to [-1, 1]: flattened
+        chunks `(B, H*A)`."""
+        if noise is None:
+            noise = jr.normal(key, observations.shape[:-1] + (self.chunk,), observations.dtype)
         x1 = sample_ode(flow, noise, self.times, args=observations)
         return jnp.clip(x1, -1.0, 1.0)
 
     def sample_actions(
         self, observations: Float[Array, "*batch obs"], key: PRNGKeyArray, flow: str = "policy"
     ) -> Float[Array, "*batch horizon action"]:
-        """Action chunks from a flow's ODE (Euler, `flow_steps` steps), clipped to [-1, 1], shape
-        `(*batch, horizon, action_dim)`. `flow`: `"policy"` (the fine-tuned flow), `"behaviour"`
-        (the flow-matching BC flow) or `"base"` (its EMA, the SOC base)."""
-        flows = {"policy": self.nets.policy, "behaviour": self.nets.behaviour, "base": self.base}
+        """Action chunks, clipped to [-1, 1], shape `(*batch, horizon, action_dim)`. `flow`: `"policy"` (what the
+        agent acts with: the fine-tuned flow's ODE, edited for QAM-E, the one-step policy for QAM-F),
+        `"behaviour"` (the flow-matching BC flow's ODE) or `"base"` (its EMA, the SOC base)."""
+        flows = {"policy": None, "behaviour": self.nets.behaviour, "base": self.base}
         if flow not in flows:
             raise ValueError(f"flow must be one of {sorted(flows)}, got {flow!r}.")
         single = observations.ndim == 1
         obs = observations[None] if single else observations
-        actions = self.flow_actions(flows[flow], obs, key)
+        if flow == "policy":
+            actions = self.actor.act(self, self.nets.actor, obs, key)
+        else:
+            actions = self.flow_actions(flows[flow], obs, key)
         actions = actions.reshape(obs.shape[:-1] + (self.config.horizon, self.action_dim))
         return actions[0] if single else actions
 
     def critic_target(self, batch: ChunkBatch, key: PRNGKeyArray) -> Float[Array, " batch"]:
         r"""$y = R_H + \gamma^H m_H\,(\mathrm{mean}_k - \rho\,\mathrm{std}_k)\bar Q_k(s', a')$, $a'$ from the
-        current policy's ODE at the state after the chunk (no gradient)."""
+        agent's actor at the state after the chunk (the policy's ODE, or what acts instead; no gradient)."""
         cfg = self.config
         next_obs = batch.next_observations[:, -1]
-        next_actions = self.flow_actions(self.nets.policy, next_obs, key)
+        next_actions = self.actor.act(self, self.nets.actor, next_obs, key)
         q_next = jax.vmap(self.target_critic)(next_obs, next_actions)  # (B, K)
         value = jnp.mean(q_next, axis=-1) - cfg.pessimism * jnp.std(q_next, axis=-1)
         # The data may be narrower than the critic (float32 rows, float64 networks under x64).
@@ -231,10 +500,16 @@ class AbstractFlowAgent(eqx.Module):
         k_critic, k_behaviour, k_actor = jr.split(key, 3)
         critic_loss, m_critic = self.critic_loss(nets.critic, batch, k_critic)
         behaviour_loss, m_behaviour = self.behaviour_loss(nets.behaviour, batch, k_behaviour)
+        m_acting = {}
+        if nets.actor is not None:  # the acting part's own parameters (QAM-E, QAM-F)
+            k_actor, k_acting = jr.split(k_actor)
+            acting_loss, m_acting = self.actor.loss(self, nets.actor, batch, k_acting)
         actor_loss, m_actor = self.actor_loss(nets.policy, batch, k_actor)
         dtype = result_dtype(critic_loss, behaviour_loss, actor_loss)
         total = critic_loss.astype(dtype) + behaviour_loss.astype(dtype) + actor_loss.astype(dtype)
-        return total, {**m_critic, **m_behaviour, **m_actor, "total_loss": total}
+        if nets.actor is not None:
+            total = total + acting_loss.astype(dtype)
+        return total, {**m_critic, **m_behaviour, **m_actor, **m_acting, "total_loss": total}
 
     def update(self, batch: ChunkBatch) -> tuple["AbstractFlowAgent", dict[str, Array]]:
         """One gradient step on critic, behaviour flow and policy (one optax chain), EMA targets
@@ -291,69 +566,45 @@ class AbstractFlowAgent(eqx.Module):
 
 
 class QAM(AbstractFlowAgent):
-    r"""Q-learning with Adjoint Matching: a fixed λ = 1/τ (`config.inv_temp` = τ).
+    """Q-learning with Adjoint Matching: a fixed λ = 1/τ (`config.inv_temp` = τ), lean adjoint matching at the
+    official QAM code's loss scale ([`flowsoc.rl.LeanAdjointMatching`][])."""
 
-    The loss has the official QAM code's scale, σ = g and the adjoint's boundary multiplied by τ:
-    $\sum_i \lVert 2(v_\theta - \bar v_\beta)/g_i + g_i\,\tau\,\tilde a_i \rVert^2$, which is τ times the
-    adjoint-matching loss at σ = g/√λ (same minimiser; the scale matters through the global-norm clip
-    shared with the critic and the behaviour flow)."""
-
-    def lam(self) -> Float[Array, ""]:
-        return jnp.asarray(1.0 / self.config.inv_temp)
-
-    def actor_loss(self, policy, batch, key):
-        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam(), scale=self.config.inv_temp)
+    temperature: ClassVar[AbstractTemperature] = FixedTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = LeanAdjointMatching(times_inv_temp=True)
+    actor: ClassVar[AbstractActor] = FlowODE()
 
 
 class TRQAM(AbstractFlowAgent):
     """Trust Region QAM: λ adapted by projected dual descent so that the path KL per action step
     sits at `config.trust_region.kl_budget`; σ = g/√(lam_scale·λ) (`lam_scale` = 3 in TRQAM)."""
 
-    def lam(self) -> Float[Array, ""]:
-        return self.config.trust_region.effective_lam(self.dual)
-
-    def actor_loss(self, policy, batch, key):
-        return self.adjoint_matching_actor_loss(policy, batch, key, self.lam())
-
-    def dual_step(self, kl):
-        if not self.config.dual_update:
-            return self.dual
-        return self.config.trust_region.update(self.dual, jax.lax.stop_gradient(kl))
+    temperature: ClassVar[AbstractTemperature] = TrustRegionTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = LeanAdjointMatching()
+    actor: ClassVar[AbstractActor] = FlowODE()
 
 
 class BAM(AbstractFlowAgent):
-    r"""The basic-adjoint ablation, the official BAM's loss (qam `agents/bam.py`, `compute_sde`, `actor_loss`):
+    """The basic-adjoint ablation: a fixed λ = 1/τ, the SOC objective backpropagated through the SDE
+    ([`flowsoc.rl.BasicAdjoint`][])."""
 
-    $$L = \frac1B\sum_b\Big[\sum_{i=0}^{K-2}\frac{2}{g_s(t_i)^2}
-    \big\lVert v_\theta(t_i, x_i) - \bar v_\beta(t_i, x_i)\big\rVert^2 - \tau\,Q(s_b, x_K)\Big],$$
+    temperature: ClassVar[AbstractTemperature] = FixedTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = BasicAdjoint()
+    actor: ClassVar[AbstractActor] = FlowODE()
 
-    backpropagated through the memoryless SDE (the noiseless last base step costs nothing): τ times the SOC
-    objective at λ = 1/τ with c = 1/h ([`flowsoc.soc_objective`][]; `bam_running_cost_scale` sets c).
-    Q = mean − ρ·std of the online critic ensemble (no gradient to it) at the unclipped terminal action."""
 
-    def lam(self) -> Float[Array, ""]:
-        return jnp.asarray(1.0 / self.config.inv_temp)
+class QAME(AbstractFlowAgent):
+    """QAM-E (the QAM paper's edit policy): QAM's fixed λ = 1/τ and adjoint matching, acting with the flow's
+    action refined by a bounded learned edit ([`flowsoc.rl.EditedFlow`][], `config.edit_scale`)."""
 
-    def actor_loss(self, policy, batch, key):
-        obs = batch.observations
-        k_noise, k_sde = jr.split(key)
-        x0 = jr.normal(k_noise, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
-        scale = self.config.bam_running_cost_scale
-        scale = float(self.config.flow_steps) if scale is None else scale
+    temperature: ClassVar[AbstractTemperature] = FixedTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = LeanAdjointMatching(times_inv_temp=True)
+    actor: ClassVar[AbstractActor] = EditedFlow()
 
-        critic = _frozen(self.nets.critic)
-        tau = self.config.inv_temp
 
-        def reward(x1, o):  # τ·Q, the official BAM's Q: online critic, mean - ρ std, at the unclipped action
-            q = jax.vmap(critic)(o, x1)
-            return tau * jnp.sum(jnp.mean(q, axis=-1) - self.config.pessimism * jnp.std(q, axis=-1))
+class QAMF(AbstractFlowAgent):
+    """QAM-F (the QAM paper's FQL distillation): QAM's fixed λ = 1/τ and adjoint matching, acting with a one-step
+    policy distilled from the flow while maximising Q ([`flowsoc.rl.OneStepDistillation`][], `config.fql_alpha`)."""
 
-        # τ·(λ·c·KL − Q) at λ = 1/τ is c·KL − τ·Q: the SOC objective at λ = 1 with reward τ·Q.
-        objective = soc_objective(
-            policy, self.base, x0, self.times, k_sde, reward, lam=1.0, args=obs, running_cost_scale=scale
-        )
-        loss = objective / obs.shape[0]
-        frozen = _frozen(policy)
-        xs = sample_sde(frozen, x0, self.times, k_sde, args=obs, final_field=self.base)
-        kl = path_kl(frozen, self.base, xs, self.times, args=obs) / obs.shape[0] / self.config.horizon
-        return loss, {"actor_loss": loss, "kl": kl}
+    temperature: ClassVar[AbstractTemperature] = FixedTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = LeanAdjointMatching(times_inv_temp=True)
+    actor: ClassVar[AbstractActor] = OneStepDistillation()

@@ -65,6 +65,14 @@ class AgentConfig:
     clip_adjoint_action: bool = True
     """Take the adjoint boundary gradient at `clip(a, -1, 1)`, as the reference codes do (BAM's reward is
     taken at the unclipped action, as in the official BAM)."""
+    edit_scale: float = 0.1
+    """QAM-E: the acting action is `clip(ODE_policy(z) + edit_scale · e)` with `e` from the edit actor (0: no edit,
+    the flow's ODE acts, as in the official code)."""
+    edit_target_entropy_multiplier: float = 0.5
+    """QAM-E: the edit actor's target entropy is `-edit_target_entropy_multiplier` times the chunk's width."""
+    fql_alpha: float = 30.0
+    """QAM-F: the weight of the distillation term `mean (ODE_policy(z) − μ(s, z))²` in the one-step policy's loss
+    (0: no one-step policy, the flow's ODE acts, as in the official code)."""
     bam_running_cost_scale: float | None = None
     r"""BAM: the factor $c$ in its loss $c\,\widehat{\rm KL}_{\rm noisy} - \tau\,Q$ (the running cost over the noisy
     steps); `None` is the official BAM's $1/h$ (`flow_steps`), the running cost summed without the step size."""
@@ -89,6 +97,10 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: inv_temp must be > 0, got {self.inv_temp}.")
         if not (np.isfinite(self.pessimism) and self.pessimism >= 0):
             raise ValueError(f"AgentConfig: pessimism must be a finite number >= 0, got {self.pessimism}.")
+        for name in ("edit_scale", "fql_alpha", "edit_target_entropy_multiplier"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"AgentConfig: {name} must be a finite number >= 0, got {value}.")
         scale = self.bam_running_cost_scale
         if scale is not None and not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"AgentConfig: bam_running_cost_scale must be > 0 or None, got {scale}.")
@@ -117,8 +129,8 @@ class AgentConfig:
     @classmethod
     def paper(cls, env: str, agent: str = "trqam", protocol: str | None = None, **overrides) -> "AgentConfig":
         """The official runs' settings for OGBench dataset or domain `env` (e.g.
-        `cube-double-play-singletask-task2-v0` or `cube-double`) and `agent` (`trqam`, `qam`,
-        `bam`) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`/`bam`,
+        `cube-double-play-singletask-task2-v0` or `cube-double`) and `agent` (`trqam`, `qam`, `bam`, `qame`,
+        `qamf`) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`/`bam`/`qame`/`qamf`,
         TRQAM paper for `trqam`), or `"qam"` / `"trqam"`. See [`flowsoc.rl.ogbench.paper_preset`][]
         (which also gives the sparse-reward choice, the BC pre-training steps and each value's source)."""
         from .ogbench._presets import paper_preset

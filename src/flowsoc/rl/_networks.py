@@ -271,6 +271,64 @@ class CriticEnsemble(eqx.Module):
         return eqx.filter_vmap(lambda member: member(inputs))(self.mlp)[:, 0]
 
 
+class OneStepPolicy(eqx.Module):
+    r"""QAM-F's one-step policy $\mu(s, z) = \mathrm{MLP}([s, z])$: noise $z \sim \mathcal N(0, I)$ to an action
+    chunk in one network call (the reference `ActorVectorField` with no time input)."""
+
+    mlp: MLP
+    obs_dim: int = eqx.field(static=True)
+    action_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        *,
+        layer_norm: bool = False,
+        key: PRNGKeyArray,
+    ):
+        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        self.mlp = MLP(self.obs_dim + self.action_dim, self.action_dim, hidden_sizes, layer_norm=layer_norm, key=key)
+
+    def __call__(
+        self, observations: Float[Array, "*batch obs_dim"], noise: Float[Array, "*batch action_dim"]
+    ) -> Float[Array, "*batch action_dim"]:
+        inputs = jnp.concatenate([observations.astype(noise.dtype), noise], axis=-1)
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        return jax.vmap(self.mlp)(flat).reshape(noise.shape)
+
+
+class TanhGaussian(eqx.Module):
+    r"""A tanh-squashed Gaussian with state-dependent mean and log-std on an input $y$ (QAM-E's edit actor, whose
+    input is the observation and the flow's action): $e = \tanh(u)$,
+    $u \sim \mathcal N(\mu(y), \mathrm{diag}\,\sigma(y)^2)$, $\log\sigma$ clipped to $[-20, 2]$; both heads read the
+    last hidden layer of one MLP (the reference `TanhNormal` on an `MLP(activate_final=True)`)."""
+
+    mlp: MLP
+    out_dim: int = eqx.field(static=True)
+    log_std_min: float = eqx.field(static=True, default=-20.0)
+    log_std_max: float = eqx.field(static=True, default=2.0)
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_sizes: tuple[int, ...], *, key: PRNGKeyArray):
+        self.out_dim = int(out_dim)
+        self.mlp = MLP(in_dim, 2 * self.out_dim, hidden_sizes, layer_norm=False, key=key)
+
+    def sample(
+        self, inputs: Float[Array, "*batch in_dim"], key: PRNGKeyArray
+    ) -> tuple[Float[Array, "*batch out_dim"], Float[Array, "*batch"]]:
+        r"""A reparameterised sample and its log density,
+        $\log p(e) = \sum_j \log\mathcal N(u_j; \mu_j, \sigma_j^2) - \log(1 - \tanh^2 u_j)$."""
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        out = jax.vmap(self.mlp)(flat).reshape(*inputs.shape[:-1], 2 * self.out_dim)
+        mean, log_std = out[..., : self.out_dim], jnp.clip(out[..., self.out_dim :], self.log_std_min, self.log_std_max)
+        eps = jr.normal(key, mean.shape, mean.dtype)
+        u = mean + jnp.exp(log_std) * eps
+        gaussian = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+        log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))  # log(1 - tanh(u)^2), stably
+        return jnp.tanh(u), jnp.sum(gaussian - log_det, axis=-1)
+
+
 def ema_update(target: _M, online: _M, rate: float | Real[ArrayLike, ""]) -> _M:
     r"""Polyak averaging: every inexact-array leaf becomes $(1-\rho)\,\theta_{\rm target} + \rho\,\theta_{\rm online}$
     with $\rho$ = `rate` (reference: 0.005), cast to the target leaf's dtype. Non-array leaves come

@@ -177,6 +177,7 @@ def run_meta(agent: Agent, config: Any, info: dict) -> dict:
     return {
         "agent": type(agent).__name__,
         "agent_config": dataclasses.asdict(agent.config),
+        "kl_budget": agent.kl_budget,  # the budget its temperature holds (TRQAM), else None
         "batch_size": config.batch_size,
         "seed": config.seed,
         "info": info,
@@ -507,8 +508,11 @@ def drive_offline(trainer: AbstractTrainer, state, config: TrainConfig, **kwargs
 
 
 def plotted_kl_budget(meta: dict) -> float | None:
-    """The KL budget a learning curve draws: TRQAM's, from a run's checkpoint metadata (`None` otherwise)."""
-    if meta["agent"] != "TRQAM":
+    """The KL budget a learning curve draws: the one the agent's temperature holds (TRQAM's), from a run's
+    checkpoint metadata; `None` when it holds none."""
+    if "kl_budget" in meta:
+        return meta["kl_budget"]
+    if meta["agent"] != "TRQAM":  # metadata written before the budget was recorded
         return None
     config = meta["agent_config"]
     return (config.get("trust_region") or {}).get("kl_budget", config.get("kl_budget"))  # or the earlier flat layout

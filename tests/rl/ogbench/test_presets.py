@@ -178,7 +178,10 @@ def test_backward_compatible_domain_preset():
 def test_bad_names_are_one_clear_line():
     cases = [
         (lambda: domain_preset("cheetah"), "no preset for 'cheetah'"),
-        (lambda: domain_preset("scene").agent_settings("sac"), "unknown agent 'sac': choose 'trqam', 'qam' or 'bam'."),
+        (
+            lambda: domain_preset("scene").agent_settings("sac"),
+            "unknown agent 'sac': choose one of 'trqam', 'qam', 'bam', 'qame', 'qamf'.",
+        ),
         (lambda: paper_preset("scene", "qam", protocol="iql"), "unknown protocol 'iql'"),
         (lambda: AgentConfig.paper("scene", "sac"), "unknown agent 'sac'"),
     ]
@@ -199,3 +202,32 @@ def test_unknown_task_number_gives_the_parsers_reason(call):
     assert "Generatable here" not in msg and "\n" not in msg
     with pytest.raises(ValueError, match="no preset for 'cheetah': it is not an OGBench dataset name"):
         call("cheetah")
+
+
+def test_qam_e_and_qam_f_presets_are_the_qam_sweep_with_sources():
+    """τ / edit_scale and τ / fql_alpha per domain, as the QAM code's experiments/reproduce.py QAM_EDIT and QAM_FQL
+    blocks give them (the issue's table), each with its line; outside the ten domains, the family's."""
+    edit = {"puzzle-3x3": (1, 0.1), "scene": (1, 0), "cube-double": (1, 0), "antmaze-large": (1, 0.1),
+            "humanoidmaze-medium": (3, 0.1), "cube-triple": (3, 0.1), "cube-quadruple": (3, 0.1),
+            "puzzle-4x4": (0.1, 0.9), "antmaze-giant": (10, 0.1), "humanoidmaze-large": (3, 0.1)}  # fmt: skip
+    fql = {"puzzle-3x3": (3, 0), "scene": (1, 300), "cube-double": (1, 0), "antmaze-large": (3, 30),
+           "humanoidmaze-medium": (1, 30), "cube-triple": (10, 300), "cube-quadruple": (0.3, 30),
+           "puzzle-4x4": (3, 3), "antmaze-giant": (3, 30), "humanoidmaze-large": (0.3, 30)}  # fmt: skip
+    for domain, (tau, scale) in edit.items():
+        p = paper_preset(domain, "qame")
+        assert p.protocol == "qam" and (p.settings["inv_temp"], p.settings["edit_scale"]) == (tau, scale), domain
+        assert re.search(r"reproduce.py:L1(4[2-9]|5[0-2]) \(QAM_EDIT sweep\)", p.sources["edit_scale"]), domain
+        assert (
+            p.settings["edit_target_entropy_multiplier"] == 0.5
+            and "L445" in p.sources["edit_target_entropy_multiplier"]
+        )
+    for domain, (tau, alpha) in fql.items():
+        p = paper_preset(domain, "qamf")
+        assert (p.settings["inv_temp"], p.settings["fql_alpha"]) == (tau, alpha), domain
+        assert re.search(r"reproduce.py:L1(5[5-9]|6[0-5]) \(QAM_FQL sweep\)", p.sources["fql_alpha"]), domain
+    assert (
+        "fallback: as cube-double" in paper_preset("cube-single-play-singletask-task1-v0", "qame").sources["edit_scale"]
+    )
+    assert paper_preset("pointmaze-large-navigate-v0", "qamf").settings["fql_alpha"] == 30  # as antmaze-large
+    assert AgentConfig.paper("puzzle-4x4", "qame").edit_scale == 0.9
+    assert "not in the TRQAM paper" in paper_preset("scene", "qamf", "trqam").sources["pretrain_steps"]

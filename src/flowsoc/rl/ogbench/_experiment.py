@@ -23,7 +23,7 @@ import numpy as np
 
 from ..._checkpoint import latest_checkpoint, read_meta, write_text
 from ..._logging import make_loggers
-from .._agents import BAM, QAM, TRQAM
+from .._agents import BAM, QAM, QAME, QAMF, TRQAM
 from .._config import AgentConfig, SMALL_NETWORKS
 from .._online import latest_online_checkpoint, OnlineConfig, train_online
 from .._pretrain import bc_checkpoint_name, BCConfig, pretrain_behaviour
@@ -34,7 +34,7 @@ from ._presets import paper_preset, PaperPreset
 
 
 DEFAULT_ENV = "cube-single-play-singletask-task1-v0"
-AGENTS = {"trqam": TRQAM, "qam": QAM, "bam": BAM}
+AGENTS = {"trqam": TRQAM, "qam": QAM, "bam": BAM, "qame": QAME, "qamf": QAMF}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +47,14 @@ class OfflineArgs:
 
     env: str = DEFAULT_ENV
     """OGBench single-task dataset name, e.g. cube-double-play-singletask-task2-v0."""
-    agent: Literal["trqam", "qam", "bam"] = "trqam"
-    """trqam: λ by dual descent on a KL budget; qam: fixed temperature τ; bam: basic-adjoint ablation."""
+    agent: Literal["trqam", "qam", "bam", "qame", "qamf"] = "trqam"
+    """trqam: λ by dual descent on a KL budget; qam: fixed temperature τ; bam: basic-adjoint ablation; qame: QAM
+    with a learned bounded edit of its actions; qamf: QAM acting with a distilled one-step policy."""
     preset: Literal["small", "paper"] = "small"
     """paper: the official per-domain settings and protocol (1M steps, 4x512 nets); small: CPU-sized."""
     protocol: Literal["qam", "trqam"] | None = None
     """Whose protocol: the QAM paper's (no BC pre-training, its networks, γ and sparse rewards) or the TRQAM
-    paper's (BC pre-training, dense rewards); default: the paper that ran --agent (qam, bam: QAM's)."""
+    paper's (BC pre-training, dense rewards); default: the paper that ran --agent (qam, bam, qame, qamf: QAM's)."""
     pretrain_steps: int | None = None
     """Steps of BC pre-training of the behaviour flow before RL (default: the protocol's, 300,000 for TRQAM's
     and 0 for QAM's with --preset paper; 5,000 and 0 for small); 0 starts every network from scratch."""

@@ -44,9 +44,9 @@ from ..._trust_region import DualDescent
 from ._datagen_recipes import DatasetError, parse_dataset_name, SUPPORTED_HELP
 
 
-Agent = Literal["trqam", "qam", "bam"]
+Agent = Literal["trqam", "qam", "bam", "qame", "qamf"]
 Protocol = Literal["qam", "trqam"]
-AGENTS: tuple[str, ...] = ("trqam", "qam", "bam")
+AGENTS: tuple[str, ...] = ("trqam", "qam", "bam", "qame", "qamf")
 PROTOCOLS: tuple[str, ...] = ("qam", "trqam")
 
 QAM_SOURCE = "ColinQiyangLi/qam@f93efd2"
@@ -78,6 +78,7 @@ _CONFIGS: dict[tuple[str, str], tuple[str, dict[str, int | str]]] = {
             clip_adj=441,
             clip_grad=388,
             adjoint="92-99",
+            edit_target_entropy=445,
         ),
     ),
     ("trqam", "qam"): (
@@ -132,6 +133,50 @@ _CONFIGS: dict[tuple[str, str], tuple[str, dict[str, int | str]]] = {
     ),
 }
 _CONFIGS[("trqam", "bam")] = _CONFIGS[("qam", "bam")]
+# QAM-E and QAM-F are QAM's code with `edit_scale > 0` or `fql_alpha > 0` (the QAM repository).
+for _protocol in PROTOCOLS:
+    _CONFIGS[(_protocol, "qame")] = _CONFIGS[(_protocol, "qamf")] = _CONFIGS[("qam", "qam")]
+
+# The QAM paper's sweep of its two variants (experiments/reproduce.py, the QAM_EDIT and QAM_FQL blocks):
+# domain -> (τ, edit_scale or fql_alpha, line). A knob at 0 is plain QAM in the official code.
+_QAME_SWEEP = {
+    "puzzle-3x3": (1.0, 0.1, 142),
+    "scene": (1.0, 0.0, 143),
+    "cube-double": (1.0, 0.0, 144),
+    "antmaze-large": (1.0, 0.1, 145),
+    "humanoidmaze-medium": (3.0, 0.1, 146),
+    "cube-triple": (3.0, 0.1, 148),
+    "cube-quadruple": (3.0, 0.1, 149),
+    "puzzle-4x4": (0.1, 0.9, 150),
+    "antmaze-giant": (10.0, 0.1, 151),
+    "humanoidmaze-large": (3.0, 0.1, 152),
+}
+_QAMF_SWEEP = {
+    "puzzle-3x3": (3.0, 0.0, 155),
+    "scene": (1.0, 300.0, 156),
+    "cube-double": (1.0, 0.0, 157),
+    "antmaze-large": (3.0, 30.0, 158),
+    "humanoidmaze-medium": (1.0, 30.0, 159),
+    "cube-triple": (10.0, 300.0, 161),
+    "cube-quadruple": (0.3, 30.0, 162),
+    "puzzle-4x4": (3.0, 3.0, 163),
+    "antmaze-giant": (3.0, 30.0, 164),
+    "humanoidmaze-large": (0.3, 30.0, 165),
+}
+
+
+def _variant_sweep(d: "DomainPreset", agent: str) -> tuple[float, float, str]:
+    """QAM-E's or QAM-F's (τ, knob, source) on domain `d`; outside the ten domains, its family's (manipulation as
+    cube-double, navigation as antmaze-large)."""
+    sweep, name = (_QAME_SWEEP, "QAM_EDIT") if agent == "qame" else (_QAMF_SWEEP, "QAM_FQL")
+    if d.domain in sweep:
+        tau, knob, line = sweep[d.domain]
+        return tau, knob, f"{_SWEEP}:L{line} ({name} sweep)"
+    base = "antmaze-large" if d.horizon == 1 else "cube-double"
+    tau, knob, line = sweep[base]
+    return tau, knob, f"fallback: as {base}, {_SWEEP}:L{line} ({name} sweep)"
+
+
 _CONFIGS[("qam", "trqam")] = _CONFIGS[("trqam", "trqam")]
 
 
@@ -254,7 +299,7 @@ def _rows(settings: Mapping[str, Any]) -> list[tuple[str, Any]]:
 def _check(agent: str, protocol: str | None) -> tuple[Agent, Protocol]:
     name = agent.lower() if isinstance(agent, str) else agent
     if name not in AGENTS:
-        raise ValueError(f"unknown agent {agent!r}: choose 'trqam', 'qam' or 'bam'.")
+        raise ValueError(f"unknown agent {agent!r}: choose one of {', '.join(map(repr, AGENTS))}.")
     if protocol is None:
         return cast(Agent, name), "trqam" if name == "trqam" else "qam"
     proto = protocol.lower() if isinstance(protocol, str) else protocol
@@ -312,6 +357,9 @@ def _resolve(d: DomainPreset, agent: str, protocol: str | None) -> PaperPreset:
     if agent == "bam" and protocol == "trqam":
         note = " (BAM is not in the TRQAM paper, README:L113; its protocol applied by analogy)"
         pretrain = (pretrain[0], pretrain[1] + note)
+    if agent == "qamf" and protocol == "trqam":
+        note = " (QAM-F is not in the TRQAM paper; its protocol applied by analogy)"
+        pretrain = (pretrain[0], pretrain[1] + note)
     s["critic_layer_norm"] = (True, cfg("value_layer_norm", "get_config value_layer_norm=True"))
     s["flow_steps"] = (10, cfg("flow_steps", "get_config"))
     s["learning_rate"] = (3e-4, cfg("lr", "get_config"))
@@ -327,7 +375,15 @@ def _resolve(d: DomainPreset, agent: str, protocol: str | None) -> PaperPreset:
         elif protocol == "trqam":
             src += " (the QAM paper's sweep: the TRQAM repository gives no τ here)"
         s["inv_temp"] = (tau, src)
-    if agent in ("qam", "trqam"):
+    if agent in ("qame", "qamf"):
+        tau, knob, src = _variant_sweep(d, agent)
+        if protocol == "trqam":
+            src += " (the QAM paper's sweep: the TRQAM repository gives none)"
+        s["inv_temp"] = (tau, src)
+        s["edit_scale" if agent == "qame" else "fql_alpha"] = (knob, src + (" (0: plain QAM)" if knob == 0 else ""))
+        if agent == "qame":
+            s["edit_target_entropy_multiplier"] = (0.5, cfg("edit_target_entropy", "get_config, × the chunk width"))
+    if agent in ("qam", "trqam", "qame", "qamf"):
         s["clip_adjoint_action"] = (True, cfg("clip_adj", "get_config clip_adj=True"))
     if agent == "trqam":
         kl_note = " (published for the TRQAM protocol)" if protocol == "qam" else ""
@@ -497,8 +553,9 @@ def domain_preset(env: str) -> DomainPreset:
 
 
 def paper_preset(env: str, agent: str = "trqam", protocol: str | None = None) -> PaperPreset:
-    """The official settings of `agent` (`trqam`, `qam`, `bam`) on `env` (a domain key or any OGBench dataset
-    name) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam` and `bam`, TRQAM paper
-    for `trqam`), `"qam"` or `"trqam"` to choose (`"trqam"`: the baseline inside the TRQAM comparison)."""
+    """The official settings of `agent` (`trqam`, `qam`, `bam`, `qame`, `qamf`) on `env` (a domain key or any
+    OGBench dataset name) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`, `bam`,
+    `qame` and `qamf`, TRQAM paper for `trqam`), `"qam"` or `"trqam"` to choose (`"trqam"`: the baseline inside
+    the TRQAM comparison)."""
     _check(agent, protocol)
     return domain_preset(env).paper(agent, protocol)
