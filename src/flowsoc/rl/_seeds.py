@@ -303,7 +303,7 @@ def _seeds_meta(agents: AbstractFlowAgent, config: TrainConfig, seeds: list[int]
     return {
         "agent": type(agents).__name__,
         "agent_config": dataclasses.asdict(agents.config),
-        "kl_budget": agents.kl_budget,
+        "kl_budget": getattr(agents, "kl_budget", None),
         "batch_size": config.batch_size,
         "seeds": seeds,
         "info": info,

@@ -177,7 +177,7 @@ def run_meta(agent: Agent, config: Any, info: dict) -> dict:
     return {
         "agent": type(agent).__name__,
         "agent_config": dataclasses.asdict(agent.config),
-        "kl_budget": agent.kl_budget,  # the budget its temperature holds (TRQAM), else None
+        "kl_budget": getattr(agent, "kl_budget", None),  # the budget its temperature holds (TRQAM), else None
         "batch_size": config.batch_size,
         "seed": config.seed,
         "info": info,

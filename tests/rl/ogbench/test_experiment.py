@@ -300,7 +300,7 @@ def test_flag_message_maps_config_fields_to_flags_only_when_a_flag_sets_them():
     [
         (["--preset", "fast"], "error: --preset fast: choose small or paper."),
         (["--preset=fast"], "error: --preset fast: choose small or paper."),
-        (["--agent", "sac"], "error: --agent sac: choose trqam, qam or bam."),
+        (["--agent", "sac"], "error: --agent sac: choose trqam, qam, bam, qame or qamf."),
         (["--protocol", "official"], "error: --protocol official: choose qam or trqam."),
         (["--logger", "tensorboard", "mlflow"], "error: --logger mlflow: choose tensorboard or wandb."),
         (["--stpes", "5"], "error: Unrecognized options: --stpes, 5; did you mean --steps? (see --help)"),
