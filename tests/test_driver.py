@@ -21,6 +21,23 @@ def disk_rows(directory):
     return [json.loads(line) for line in (pathlib.Path(directory) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """A real SIGINT raises KeyboardInterrupt here, as in a terminal, even when this process inherited SIGINT as
+    ignored (a test run started as a background job): the toy trainer sends itself one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     directory = tmp_path_factory.mktemp("reference")

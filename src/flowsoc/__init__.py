@@ -45,6 +45,10 @@ from ._losses import (
     flow_matching_loss as flow_matching_loss,
     soc_objective as soc_objective,
 )
+from ._metrics import (
+    frechet_distance as frechet_distance,
+    gaussian_frechet_distance as gaussian_frechet_distance,
+)
 from ._paths import (
     interpolate as interpolate,
     memoryless_drift as memoryless_drift,
