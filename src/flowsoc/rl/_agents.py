@@ -188,6 +188,11 @@ class BasicAdjoint(AbstractPolicyObjective):
         return loss, {"actor_loss": loss, "kl": kl}
 
 
+def _online_q(agent: "AbstractFlowAgent", observations: Array, actions: Array) -> Float[Array, " batch"]:
+    """$\mathrm{mean}_k Q_k(s, a)$ of the online critic, without its gradient (the acting parts' Q term)."""
+    return jnp.mean(jax.vmap(_frozen(agent.nets.critic))(observations, actions), axis=-1)
+
+
 class AbstractActor(eqx.Module):
     """What acts: action chunks for evaluation, for acting online and for the critic's next actions, from the
     policy flow and the actor's own trainable parameters (if any), with the loss that trains those."""
@@ -249,7 +254,7 @@ class EditedFlow(AbstractActor):
             return super().loss(agent, params, batch, key)
         obs = batch.observations
         flow, edited, log_prob = self._edited(agent, params, obs, key)
-        q = jnp.mean(jax.vmap(_frozen(agent.nets.critic))(obs, edited), axis=-1)
+        q = _online_q(agent, obs, edited)
         q_loss = -jnp.mean(q)
         alpha = jnp.exp(params["log_alpha"])
         entropy_loss = jnp.mean(jax.lax.stop_gradient(alpha) * log_prob)
@@ -296,7 +301,7 @@ class OneStepDistillation(AbstractActor):
         flow = jax.lax.stop_gradient(agent.flow_actions(agent.nets.policy, obs, noise=noise))
         one_step = params(obs, noise)
         distill = jnp.mean((flow - one_step) ** 2)
-        q = jnp.mean(jax.vmap(_frozen(agent.nets.critic))(obs, jnp.clip(one_step, -1.0, 1.0)), axis=-1)
+        q = _online_q(agent, obs, jnp.clip(one_step, -1.0, 1.0))
         q_loss = -jnp.mean(q)
         loss = q_loss + agent.config.fql_alpha * distill
         return loss, {"fql_q_loss": q_loss, "fql_distill_loss": distill}

@@ -322,11 +322,19 @@ class TanhGaussian(eqx.Module):
         flat = inputs.reshape(-1, inputs.shape[-1])
         out = jax.vmap(self.mlp)(flat).reshape(*inputs.shape[:-1], 2 * self.out_dim)
         mean, log_std = out[..., : self.out_dim], jnp.clip(out[..., self.out_dim :], self.log_std_min, self.log_std_max)
-        eps = jr.normal(key, mean.shape, mean.dtype)
-        u = mean + jnp.exp(log_std) * eps
-        gaussian = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
-        log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))  # log(1 - tanh(u)^2), stably
-        return jnp.tanh(u), jnp.sum(gaussian - log_det, axis=-1)
+        return tanh_gaussian_sample(mean, log_std, key)
+
+
+def tanh_gaussian_sample(
+    mean: Float[Array, "*batch dim"], log_std: Float[Array, "*batch dim"], key: PRNGKeyArray
+) -> tuple[Float[Array, "*batch dim"], Float[Array, "*batch"]]:
+    r"""A reparameterised sample $\tanh(u)$, $u = \mu + e^{\log\sigma}\epsilon$, and its log density
+    $\sum_j \log\mathcal N(u_j; \mu_j, \sigma_j^2) - \log(1 - \tanh^2 u_j)$ (QAM-E's edit actor, SAC's actor)."""
+    eps = jr.normal(key, mean.shape, mean.dtype)
+    u = mean + jnp.exp(log_std) * eps
+    gaussian = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+    log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))  # log(1 - tanh(u)^2), stably
+    return jnp.tanh(u), jnp.sum(gaussian - log_det, axis=-1)
 
 
 def ema_update(target: _M, online: _M, rate: float | Real[ArrayLike, ""]) -> _M:

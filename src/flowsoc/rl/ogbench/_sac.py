@@ -28,7 +28,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .._buffers import ReplayBuffer, Transitions
-from .._networks import CriticEnsemble, ema_update, MLP
+from .._networks import CriticEnsemble, ema_update, MLP, tanh_gaussian_sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +100,7 @@ class TanhGaussianActor(eqx.Module):
         """A reparameterised action and its log density,
         $\\log\\pi(a) = \\sum_j \\log\\mathcal N(u_j; \\mu_j, \\sigma_j^2) - \\log(1 - \\tanh^2 u_j)$."""
         mean, log_std = self(obs)
-        eps = jr.normal(key, mean.shape, mean.dtype)
-        u = mean + jnp.exp(log_std) * eps
-        gaussian = -0.5 * eps**2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
-        log_det = 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u))  # log(1 - tanh(u)^2), stably
-        return jnp.tanh(u), jnp.sum(gaussian - log_det)
+        return tanh_gaussian_sample(mean, log_std, key)
 
 
 class SACNets(eqx.Module):
