@@ -4,7 +4,8 @@
   stylesheet, a missing local asset and a math page without MathJax are caught (no MkDocs needed).
 - The results page (`docs/_hooks/results.py`) on the committed `benchmarks/results/*.json`: no
   "not measured" cells, the ant expert kept out of the RL runs table, commands and hardware listed
-  under the table, not squeezed into its columns (no MkDocs needed).
+  under the table, not squeezed into its columns; on made-up runs, a flowsoc column per agent measured
+  (no MkDocs needed).
 - With the `docs` extra installed: `mkdocs.yml` loads nothing from another host, and a small site
   built with the real configuration (theme, Markdown extensions, MathJax hook) from the real home
   page, which has math, references only assets that are in the site, MathJax among them. Skipped
@@ -110,6 +111,32 @@ def test_results_page_from_the_results_files():
     experts = ROOT / "benchmarks" / "results" / "experts.json"
     if experts.exists() and "navigation" in experts.read_text():
         assert "`antmaze-large-v0`" in others_part
+
+
+def test_results_page_has_a_flowsoc_column_per_measured_agent():
+    """The papers' table gains a flowsoc column for each agent with runs on the ten domains (QAM-E, QAM-F and SQAM
+    too, whatever the case of their names), beside the agent's paper column; an agent without runs gets none."""
+    rows = [
+        {"env": "cube-double-play-singletask-task2-v0", "agent": "sqam", "success": 0.5},
+        {"env": "cube-double-play-singletask-task3-v0", "agent": "sqam", "success": 0.7},
+        {"env": "scene-play-singletask-task1-v0", "agent": "QAM-E", "success": 0.4},
+        {"env": "scene-play-singletask-task1-v0", "agent": "qamf", "success": 0.3},
+    ]
+    text = results._paper_section([(pathlib.Path("made_up.json"), {"rows": rows})], ROOT)
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    header = table[0].strip("| ").split(" | ")
+    assert header == [
+        "domain", "TRQAM (paper)", "QAM (paper)", "QAM-E (paper)", "QAM-E (flowsoc)", "QAM-F (flowsoc)",
+        "SQAM (paper)", "SQAM (flowsoc)",
+    ]  # fmt: skip
+    cube_double = next(line for line in table if line.startswith("| cube-double |")).strip("| ").split(" | ")
+    assert cube_double[header.index("SQAM (paper)")] == str(results.PAPER["sqam"]["cube-double"])
+    assert cube_double[header.index("SQAM (flowsoc)")] == "60 (2 tasks)"
+    scene = next(line for line in table if line.startswith("| scene |")).strip("| ").split(" | ")
+    assert scene[header.index("QAM-E (flowsoc)")] == "40 (1 task)"
+    assert scene[header.index("QAM-F (flowsoc)")] == "30 (1 task)"
+    empty = results._paper_section([], ROOT)
+    assert empty.splitlines()[0] == "| domain | TRQAM | QAM | QAM-E | SQAM |"
 
 
 # ------------------------------------------------------------------------------------ with MkDocs

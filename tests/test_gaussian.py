@@ -87,3 +87,9 @@ def test_lambda_for_budget(budget):
     a, c = jnp.eye(2), jnp.array([2.0, -1.0])
     lam = G.lambda_for_budget(lambda lam: G.kl_quadratic(MU, COV, a, c, lam), budget)
     assert jnp.allclose(G.kl_quadratic(MU, COV, a, c, lam), budget, rtol=1e-8)
+
+
+@pytest.mark.parametrize("s", [0.05, 0.5, 1.0, 3.0])
+def test_scalar_adjoint_integral_closed_form_against_quadrature(s):
+    want, _ = integrate.quad(lambda t: (1 - t) / ((1 - t) ** 2 + s**2 * t**2) ** 0.5, 0, 1, epsabs=1e-13)
+    assert abs(float(G.scalar_adjoint_integral(s)) - want) < 1e-11

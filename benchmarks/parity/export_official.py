@@ -1,4 +1,4 @@
-"""Export the official TRQAM / QAM / BAM update terms as numbers, for flowsoc's parity test.
+"""Export the official TRQAM / QAM / BAM / QAM-E / QAM-F update terms as numbers, for flowsoc's parity test.
 
 Runs in the official codes' own environment (never imports flowsoc):
 
@@ -25,7 +25,17 @@ What it builds, for one small configuration (`CONFIG` below):
 - deterministic probes: every module's outputs on fixed inputs, and for TRQAM (λ = 0.2) and QAM one
   adjoint-matching pass on 16 observations (the states `xs`, adjoints `adjs` and times of the
   official `adj_matching`, with the `adj_loss` / `path_kl` that the official `actor_loss` reports
-  on exactly those states); TRQAM's dual step on λ from a few states (`dual_update`).
+  on exactly those states); TRQAM's dual step on λ from a few states (`dual_update`);
+- QAM-E and QAM-F: the official `QAMAgent` with `edit_scale` > 0 / `fql_alpha` > 0 (QAM's τ), holding the
+  shared weights plus their own modules (the fresh `edit_actor` / `one_step_actor`, every leaf perturbed
+  from a separate numpy stream, and `edit_alpha`'s log-value set to log `edit_alpha`). Per key: the critic
+  terms (their TD target acts with the edited flow / the one-step policy), the acting part's terms
+  (`edit_q_loss`, `edit_entropy_loss`, `edit_alpha_loss`, `edit_entropy`, `edit_alpha`; `fql_q_loss`,
+  `fql_distill_loss`), the batch means of the acting action's entries and squares (`action_moments`, from
+  the official `sample_actions`), and the gradients w.r.t. `critic` and the variant's own modules. Their
+  flow and adjoint-matching terms are QAM's on the same keys: checked here, not stored again. Probes: the
+  edit actor's mean, clipped log-std and `log_prob` on fixed inputs and draws, the one-step actor's outputs.
+  These run after everything above, from their own seeds: the other arrays do not change.
 
 The .npz holds: `w/<module>/<path>` (weights, flax layout), `batch/<key>`, `probe/...`,
 `<setting>/<term>/mean|se|seeds` (per-seed values, their mean and standard error),
@@ -64,6 +74,12 @@ CONFIG = dict(
     perturb_leaf=0.1,  # std of the noise added to every freshly initialised leaf
     critic_out_scale=3.0,  # the critic's output layer is scaled up so that its action gradient matters
     probe_size=16,
+    # QAM-E and QAM-F (the official QAMAgent with edit_scale > 0 / fql_alpha > 0), at the QAM setting's inv_temp:
+    edit_scale=0.5,  # large, so that the edit (and a mistake in it) moves Q
+    edit_alpha=0.7,  # the edit temperature's value (its log is the LogParam leaf), not the initial 1
+    fql_alpha=10.0,
+    variant_seed=1,  # numpy seed of the perturbation of the variants' own modules (edit_actor, one_step_actor)
+    edit_probe_scale=6.0,  # the edit-actor probe's second half: inputs scaled up, so that log-stds reach the clip
 )
 
 
@@ -181,6 +197,25 @@ def shared_params(params):
     return jax.tree_util.tree_map(lambda p: np.asarray(p, np.float32), params)
 
 
+def variant_params(fresh_qame, fresh_qamf):
+    """The variants' own modules: the official QAM-E / QAM-F agents' fresh `edit_actor` / `one_step_actor`
+    with every leaf perturbed (own numpy stream, so the shared weights above are untouched), and
+    `edit_alpha`'s log-value set to log(`edit_alpha`)."""
+    import jax
+
+    rng = np.random.default_rng(CONFIG["variant_seed"])
+
+    def noisy(tree, std):
+        return jax.tree_util.tree_map(lambda p: np.asarray(p) + std * rng.normal(size=p.shape).astype(np.float32), tree)
+
+    edit = {
+        "modules_edit_actor": noisy(fresh_qame["modules_edit_actor"], CONFIG["perturb_leaf"]),
+        "modules_edit_alpha": {"log_value": np.log(np.float32(CONFIG["edit_alpha"]))},
+    }
+    fql = {"modules_one_step_actor": noisy(fresh_qamf["modules_one_step_actor"], CONFIG["perturb_leaf"])}
+    return (jax.tree_util.tree_map(lambda p: np.asarray(p, np.float32), tree) for tree in (edit, fql))
+
+
 def with_params(agent, params):
     import jax.numpy as jnp
 
@@ -191,6 +226,14 @@ def jax_tree(tree, fn):
     import jax
 
     return jax.tree_util.tree_map(fn, tree)
+
+
+# The QAM variants' own modules and reported terms (official `QAMAgent.actor_loss`).
+VARIANT_MODULES = {"qame": ("edit_actor", "edit_alpha"), "qamf": ("one_step_actor",)}
+VARIANT_TERMS = {
+    "qame": ("edit_q_loss", "edit_entropy_loss", "edit_alpha_loss", "edit_entropy", "edit_alpha"),
+    "qamf": ("fql_q_loss", "fql_distill_loss"),
+}
 
 
 def seed_terms(agent, kind, batch):
@@ -234,7 +277,16 @@ def seed_terms(agent, kind, batch):
             scalars["adj_loss"] = a_info["adj_loss"]
         if kind == "trqam":
             scalars["path_kl"] = a_info["path_kl"]
-        others = {k: v for k, v in a_grads.items() if k not in ("modules_actor_slow", "modules_actor_fast")} | {
+        own = VARIANT_MODULES.get(kind, ())
+        for name in VARIANT_TERMS.get(kind, ()):
+            scalars[name] = a_info[name]
+        if own:
+            # The acting action (official `sample_actions`, what the critic's TD target also uses) in
+            # distribution: per key, the batch means of the 6 chunk entries and of their squares.
+            acts = agent.sample_actions(batch["next_observations"][..., -1, :], rng=jax.random.split(key, 3)[2])
+            scalars["action_moments"] = jnp.concatenate([acts.mean(axis=0), jnp.square(acts).mean(axis=0)])
+        mine = ("modules_actor_slow", "modules_actor_fast", *(f"modules_{m}" for m in own))
+        others = {k: v for k, v in a_grads.items() if k not in mine} | {
             k: v for k, v in c_grads.items() if k != "modules_critic"
         }
         leak = sum(jnp.sum(jnp.abs(x)) for x in jax.tree_util.tree_leaves(others))
@@ -242,7 +294,7 @@ def seed_terms(agent, kind, batch):
             "critic": c_grads["modules_critic"],
             "actor_slow": a_grads["modules_actor_slow"],
             "actor_fast": a_grads["modules_actor_fast"],
-        }
+        } | {m: a_grads[f"modules_{m}"] for m in own}
         return scalars, grads, leak
 
     return f
@@ -261,6 +313,12 @@ def run_setting(agent, kind, batch, keys):
     n = len(keys)
     out = {}
     for name, values in scalars.items():
+        if values.ndim > 1:  # a vector per key (action_moments): entry-wise statistics
+            values = values.astype(np.float64)
+            out[f"{name}/seeds"] = values.astype(np.float32)
+            out[f"{name}/mean"] = values.mean(axis=0)
+            out[f"{name}/se"] = values.std(axis=0, ddof=1) / np.sqrt(n)
+            continue
         values = values.astype(np.float64)
         out[f"{name}/seeds"] = values.astype(np.float32)
         out[f"{name}/mean"] = np.float64(values.mean())
@@ -286,6 +344,49 @@ def probes(agent, batch):
         out[f"probe/{name}"] = agent.network.select(name)(obs, x, t)
     for name in ("critic", "target_critic"):
         out[f"probe/{name}"] = agent.network.select(name)(obs, x)  # (K, m)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def variant_probes(qame, qamf, batch):
+    """Deterministic outputs of the variants' modules. The edit actor on inputs (obs, action in [-1, 1]),
+    the second half scaled by `edit_probe_scale` so that some log-stds are clipped at 2: the mean and the
+    (clipped) log-std of its pre-tanh Gaussian, and the official `log_prob` of edits tanh(u),
+    u = mean + std * eps for fixed eps (chosen so that u lies in [-2.5, 2.5]: no tanh saturation).
+    The one-step actor on the probe's (obs, x)."""
+    import flax
+    import jax.numpy as jnp
+
+    m = CONFIG["probe_size"]
+    chunk = CONFIG["horizon"] * CONFIG["action_dim"]
+    rng = np.random.default_rng(3)
+    obs = np.asarray(batch["observations"][:m])
+    inputs = np.concatenate([obs, rng.uniform(-1, 1, size=(m, chunk)).astype(np.float32)], axis=-1)
+    inputs = np.concatenate([inputs, CONFIG["edit_probe_scale"] * inputs]).astype(np.float32)
+    dist = qame.network.select("edit_actor")(jnp.asarray(inputs))
+    mean, std = np.asarray(dist.distribution.mean()), np.asarray(dist.distribution.stddev())
+    u = rng.uniform(-2.5, 2.5, size=mean.shape).astype(np.float32)
+    eps = ((u - mean) / std).astype(np.float32)
+    edit = np.tanh(mean + std * eps)
+    log_prob = np.asarray(dist.log_prob(jnp.asarray(edit)))
+    # The unclipped log-std head, to check that the probe reaches the clip.
+    p = flax.core.unfreeze(qame.network.params)["modules_edit_actor"]
+    h = inputs
+    for i in range(len(CONFIG["hidden"])):
+        h = np.asarray(flax.linen.gelu(h @ p["MLP_0"][f"Dense_{i}"]["kernel"] + p["MLP_0"][f"Dense_{i}"]["bias"]))
+    raw = h @ p["OutputDenseLogStd"]["kernel"] + p["OutputDenseLogStd"]["bias"]
+    assert (raw > 2.0).sum() >= 4 and np.allclose(np.log(std)[raw > 2.0], 2.0), "the probe should reach the clip"
+    assert np.all(np.isfinite(log_prob)) and np.abs(edit).max() < 0.999
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(m, chunk)).astype(np.float32) * 1.5)  # probe/x
+    out = {
+        "probe/edit_actor/inputs": inputs,
+        "probe/edit_actor/mean": mean,
+        "probe/edit_actor/log_std": np.log(std),
+        "probe/edit_actor/eps": eps,
+        "probe/edit_actor/edit": edit,
+        "probe/edit_actor/log_prob": log_prob,
+        "probe/one_step_actor": qamf.network.select("one_step_actor")(jnp.asarray(obs), x),
+    }
+    print(f"edit-actor probe: {(raw > 2.0).sum()} log-stds clipped at 2 (largest unclipped {raw.max():.2f})")
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -383,6 +484,40 @@ def main():
     out |= adjoint_probe(agents["qam"], jbatch, "qam", 5)
     out |= dual_probe(agents["trqam"])
 
+    # QAM-E and QAM-F: the official QAMAgent with edit_scale > 0 / fql_alpha > 0, the shared weights plus their
+    # own modules. Their flow and adjoint-matching terms are QAM's (same keys: checked, not stored again).
+    variants = {
+        "qame": dict(inv_temp=CONFIG["inv_temp"], fql_alpha=0.0, edit_scale=CONFIG["edit_scale"]),
+        "qamf": dict(inv_temp=CONFIG["inv_temp"], fql_alpha=CONFIG["fql_alpha"], edit_scale=0.0),
+    }
+    for name, extra in variants.items():
+        configs[name] = make_config(official["qam"][1], **extra)
+        agents[name] = official["qam"][0].create(CONFIG["weight_seed"], ex_obs, ex_act, configs[name])
+    own = variant_params(*(flax.core.unfreeze(agents[k].network.params) for k in variants))
+    for name, extra_params in zip(variants, own):
+        full = params | extra_params
+        structure = jax.tree_util.tree_structure(flax.core.unfreeze(agents[name].network.params))
+        assert structure == jax.tree_util.tree_structure(full), f"{name}: module structure differs"
+        agents[name] = with_params(agents[name], full)
+        out |= {f"w/{k}": v for k, v in flatten(extra_params).items()}
+        t0 = time.time()
+        res = run_setting(agents[name], name, jbatch, keys)
+        for term in ("flow_loss", "adj_loss"):  # QAM's, on the same keys
+            gap = np.max(np.abs(res.pop(f"{term}/seeds") - out[f"qam/{term}/seeds"]) / np.abs(out[f"qam/{term}/seeds"]))
+            assert gap < 1e-5, f"{name}: {term} differs from QAM's on the same keys ({gap})"
+            del res[f"{term}/mean"], res[f"{term}/se"]
+        for key in [k for k in res if k.split("/")[1] in ("actor_slow", "actor_fast")]:
+            scale = np.abs(out[f"qam/{key}"]).max()
+            gap = np.abs(res.pop(key) - out[f"qam/{key}"]).max() / scale
+            assert gap < 1e-4, f"{name}: {key} differs from QAM's on the same keys ({gap})"
+        out |= {f"{name}/{k}": v for k, v in res.items()}
+        summary = ", ".join(
+            f"{k[:-5]}={res[k]:.5g}±{res[k[:-5] + '/se']:.2g}" for k in res if k.endswith("/mean") and res[k].ndim == 0
+        )
+        print(f"{name} ({time.time() - t0:.1f}s): {summary}", flush=True)
+        settings[name] = (name, None)
+    out |= variant_probes(agents["qame"], agents["qamf"], batch)
+
     meta = dict(
         trqam_commit=git_head(args.trqam),
         qam_commit=git_head(args.qam),
@@ -392,7 +527,8 @@ def main():
         settings={k: {"agent": v[0], "lam": v[1]} for k, v in settings.items()},
         official_configs={k: c.to_dict() for k, c in configs.items()},
         n_seeds=CONFIG["n_seeds"],
-        seed_keys="jax.random.split(PRNGKey(2024), n_seeds); per key: critic_key, actor_key = split(key)",
+        seed_keys="jax.random.split(PRNGKey(2024), n_seeds); per key: critic_key, actor_key = split(key); "
+        "QAM-E / QAM-F acting action: sample_actions(next observations, split(key, 3)[2])",
         command="/tmp/official/venv/bin/python benchmarks/parity/export_official.py --trqam /tmp/official/trqam "
         f"--qam /tmp/official/qam --out {args.out}" + (f" --seeds {args.seeds}" if args.seeds != 64 else ""),
         versions={"jax": jax.__version__, "flax": flax.__version__, "numpy": np.__version__},

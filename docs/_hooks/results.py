@@ -2,20 +2,20 @@
 
 Placeholders in results.md (an HTML comment on a line of its own):
 
-- `<!-- results:paper -->`: the paper's offline success rates (the TRQAM paper's table), with flowsoc
-  columns for the domains flowsoc has measured (none when it has measured none of the ten), then the
-  RL runs table and, apart from it, the success rates of other benchmarks (the ant expert). A run is
-  a row, in any results file, that carries an OGBench `env`, an `agent` (its own or its file's) and a
-  success rate (`success`, `success_rate` or `final_success` as a fraction in [0, 1], or
-  `success_pct` in percent); a row with `env` and a success rate but no agent is another benchmark's.
-  Rows of one task (e.g. one per seed) are averaged first, then tasks. Commands and hardware are
-  listed under the runs table, not in its columns.
+- `<!-- results:paper -->`: the papers' offline success rates (the TRQAM paper's table, and the SQAM
+  paper's column), with a flowsoc column for each agent that the results files hold runs of on the ten
+  domains (none when they hold none), then the RL runs table and, apart from it, the success rates
+  of other benchmarks (the ant expert). A run is a row, in any results file, that carries an OGBench
+  `env`, an `agent` (its own or its file's) and a success rate (`success`, `success_rate` or
+  `final_success` as a fraction in [0, 1], or `success_pct` in percent); a row with `env` and a
+  success rate but no agent is another benchmark's. Rows of one task (e.g. one per seed) are averaged
+  first, then tasks. Commands and hardware are listed under the runs table, not in its columns.
 - `<!-- results:benchmarks -->`: one section per JSON file: what the script measures (the first
   paragraph of its docstring), the command that produced the file (its `command` field, else
   `python benchmarks/<name>.py`), the hardware and software recorded in the file, and its numbers
   as tables.
 
-Nothing here is typed by hand except the paper's numbers, which are published constants.
+Nothing here is typed by hand except the papers' numbers, which are published constants.
 """
 
 from __future__ import annotations
@@ -48,13 +48,19 @@ PAPER_DOMAINS = (
     "cube-triple",
     "cube-quadruple",
 )
+# Keyed by the agents' names in the runs (`--agent`, the `agent` field of a row).
 PAPER = {
     "trqam": dict(zip(PAPER_DOMAINS, (89, 41, 84, 36, 79, 100, 99, 81, 50, 19)), all=68),
     "qam": dict(zip(PAPER_DOMAINS, (62, 29, 64, 4, 64, 15, 1, 71, 19, 18)), all=35),
-    "qam-e": dict(zip(PAPER_DOMAINS, (86, 6, 60, 4, 63, 89, 54, 71, 11, 9)), all=45),
+    "qame": dict(zip(PAPER_DOMAINS, (86, 6, 60, 4, 63, 89, 54, 71, 11, 9)), all=45),
+    # The SQAM paper (the TRQAM authors' "Q-Learning with Scalar Adjoint Matching"): the same 50 tasks, 1M
+    # steps, 8 seeds, as its authors report them (also flowsoc.rl.ogbench.SQAM_REPORTED, not imported here).
+    "sqam": dict(zip(PAPER_DOMAINS, (91, 62, 94, 54, 79, 100, 85, 58, 72, 54)), all=75),
 }
 # QAM's own paper (12 seeds, its released curves at 1M offline steps): all-task means only.
-QAM_OWN_PAPER = {"qam": 44, "qam-e": 46}
+QAM_OWN_PAPER = {"qam": 44, "qame": 46}
+# The agents' display names and the order of their columns; an agent not named here follows, by name.
+AGENT_LABELS = {"trqam": "TRQAM", "qam": "QAM", "qame": "QAM-E", "qamf": "QAM-F", "bam": "BAM", "sqam": "SQAM"}
 
 # Keys describing where and how a file was produced (shown once, not as measurements).
 HARDWARE_KEYS = ("machine", "platform", "processor", "device", "devices", "cpu_count", "python", "jax")
@@ -248,6 +254,17 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _agent_key(agent: Any) -> str:
+    """A row's agent as the papers' table keys it: lower case, `QAM-E` and `qam_e` read as `qame`."""
+    name = str(agent).lower()
+    compact = name.replace("-", "").replace("_", "")
+    return compact if compact in AGENT_LABELS else name
+
+
+def _agent_label(agent: str) -> str:
+    return AGENT_LABELS.get(agent, agent)
+
+
 def _success(row: dict) -> float | None:
     """The success rate of a row in percent."""
     if _number(row.get("success_pct")) is not None:
@@ -288,7 +305,7 @@ def _measured_rows(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) 
                 dict(
                     domain=_domain(row["env"]),
                     env=row["env"],
-                    agent=str(agent).lower() if agent is not None else None,
+                    agent=_agent_key(agent) if agent is not None else None,
                     where=" › ".join(_label(w) for w in where if w != "rows"),
                     row=row,
                     success=_success(row),
@@ -379,31 +396,34 @@ def _paper_section(loaded: list[tuple[pathlib.Path, dict]], root: pathlib.Path) 
         tasks = len(per_task)
         return f"{mean:.0f} ({tasks} task{'s' if tasks != 1 else ''})"
 
-    in_paper = {d for d, _ in by_domain} & set(PAPER_DOMAINS)
-    blocks = []
-    if in_paper:
-        header = ["domain", "TRQAM (paper)", "TRQAM (flowsoc)", "QAM (paper)", "QAM (flowsoc)", "QAM-E (paper)"]
-        rows = [
-            [d, PAPER["trqam"][d], cell(d, "trqam"), PAPER["qam"][d], cell(d, "qam"), PAPER["qam-e"][d]]
-            for d in PAPER_DOMAINS
-        ]
-        rows.append(["**all 50 tasks**", PAPER["trqam"]["all"], "", PAPER["qam"]["all"], "", PAPER["qam-e"]["all"]])
-        blocks.append(_table(header, rows))
+    # A flowsoc column for every agent with a run on one of the ten domains, beside its paper column if any.
+    measured_agents = {a for d, a in by_domain if d in PAPER_DOMAINS}
+    order = list(AGENT_LABELS) + sorted(measured_agents - set(AGENT_LABELS))
+    columns = []  # (header, value on a domain, value on the "all" row)
+    for agent in order:
+        label = _agent_label(agent)
+        if agent in PAPER:
+            paper_header = f"{label} (paper)" if measured_agents else label
+            columns.append((paper_header, lambda d, a=agent: PAPER[a][d], PAPER[agent]["all"]))
+        if agent in measured_agents:
+            columns.append((f"{label} (flowsoc)", lambda d, a=agent: cell(d, a), ""))
+    header = ["domain"] + [name for name, _, _ in columns]
+    rows = [[d] + [value(d) for _, value, _ in columns] for d in PAPER_DOMAINS]
+    rows.append(["**all 50 tasks**"] + [total for _, _, total in columns])
+    blocks = [_table(header, rows)]
+    if measured_agents:
         blocks.append(
             "A flowsoc cell gives the mean over the tasks measured (in brackets); an empty one was not measured."
         )
     else:
-        header = ["domain", "TRQAM", "QAM", "QAM-E"]
-        rows = [[d, PAPER["trqam"][d], PAPER["qam"][d], PAPER["qam-e"][d]] for d in PAPER_DOMAINS]
-        rows.append(["**all 50 tasks**", PAPER["trqam"]["all"], PAPER["qam"]["all"], PAPER["qam-e"]["all"]])
-        blocks.append(_table(header, rows))
         blocks.append(
             "flowsoc has not measured any of these ten domains yet: no results file in `benchmarks/results/` "
             "holds a run on one of them, so the table has no flowsoc columns. The runs it has measured are "
             "listed below."
         )
     blocks.append(
-        f"QAM's own paper reports QAM {QAM_OWN_PAPER['qam']} and QAM-E {QAM_OWN_PAPER['qam-e']} over the same 50 "
+        "TRQAM, QAM and QAM-E as the TRQAM paper reports them, SQAM as the SQAM paper does. "
+        f"QAM's own paper reports QAM {QAM_OWN_PAPER['qam']} and QAM-E {QAM_OWN_PAPER['qame']} over the same 50 "
         "tasks (12 seeds)."
     )
     blocks.append("### RL runs measured with flowsoc")

@@ -57,6 +57,11 @@ from ._paths import (
     uniform_grid as uniform_grid,
     VelocityField as VelocityField,
 )
+from ._scalar_adjoint import (
+    bridge_states as bridge_states,
+    bridge_times as bridge_times,
+    scalar_adjoint_matching_loss as scalar_adjoint_matching_loss,
+)
 from ._sde import (
     memoryless_terms as memoryless_terms,
     MemorylessDiffusion as MemorylessDiffusion,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Real
 
 from ._paths import check_finite, check_grid, check_path_shapes, default_final_ode_step, resolve_shift, VelocityField
+from ._sde import UNROLL_MAX_STEPS
 
 
 class LeanAdjointField(eqx.Module):
@@ -81,6 +82,41 @@ class LeanAdjointField(eqx.Module):
         _, vjp = jax.vjp(drift, x)
         (jac_t_a,) = vjp(a.astype(x.dtype))
         return (-jac_t_a).astype(a.dtype)
+
+
+def euler_lean_adjoint(
+    base: VelocityField,
+    xs: Array,
+    ts: Array,
+    terminal: Array,
+    *,
+    args: Any = None,
+    shift: Any,
+    base_time: Literal["grid", "next", "mid"] = "grid",
+    final_ode_step: bool = False,
+) -> tuple[Array, list[Array]]:
+    r"""The `"frozen"` recursion $\tilde a_i = \tilde a_{i+1} + h_i J_i^\top \tilde a_{i+1}$ unrolled (`lean_adjoint`'s
+    fast path for Euler on a short grid; no checks): the adjoint at every time, and the base's velocities
+    $v_{\rm base}(\tau_i, x_i)$, $i = 0 \dots n-2$, from the forward passes of its vector–Jacobian products (with
+    `base_time="grid"` these are the base velocities of the adjoint matching loss). The same arithmetic as
+    Diffrax's backward Euler solve of [`flowsoc.LeanAdjointField`][]."""
+    n = ts.shape[0]
+    a = terminal
+    adjoints, velocities = [a], [None] * (n - 1)
+    for i in reversed(range(n - 1)):
+        x, t_eval = xs[i], ts[i]
+        t_net = {"grid": t_eval, "next": ts[i + 1], "mid": 0.5 * (t_eval + ts[i + 1])}[base_time]
+        last = final_ode_step and i == n - 2
+
+        def drift(y):
+            v = jnp.asarray(base(t_net, y, args)).astype(y.dtype)
+            return (v if last else 2 * v - y / jnp.asarray(t_eval + shift).astype(y.dtype)), v  # noqa: B023
+
+        _, vjp, velocities[i] = jax.vjp(drift, x, has_aux=True)
+        (jac_t_a,) = vjp(a.astype(x.dtype))
+        a = a + (ts[i + 1] - ts[i]) * jac_t_a.astype(a.dtype)
+        adjoints.append(a)
+    return jnp.stack(adjoints[::-1]), velocities
 
 
 def lean_adjoint(
@@ -150,6 +186,17 @@ def lean_adjoint(
         raise ValueError(f"{name}: base_time must be 'grid', 'next' or 'mid', got {base_time!r}.")
     if interpolation == "linear" and base_time != "grid":
         raise ValueError(f"{name}: base_time={base_time!r} needs interpolation='frozen' (an Euler grid).")
+    fast = (
+        type(solver) is dfx.Euler
+        and interpolation == "frozen"
+        and ts.shape[0] - 1 <= UNROLL_MAX_STEPS
+        and xs.dtype == terminal.dtype == ts.dtype == jnp.asarray(shift).dtype
+        and eqx.filter_eval_shape(base, ts[0], xs[0], args).dtype == xs.dtype
+    )
+    if fast:
+        return euler_lean_adjoint(
+            base, xs, ts, terminal, args=args, shift=shift, base_time=base_time, final_ode_step=bool(final_ode_step)
+        )[0]
     field = LeanAdjointField(base, xs, ts, shift, interpolation, base_time, bool(final_ode_step))
     sol = dfx.diffeqsolve(
         dfx.ODETerm(field),

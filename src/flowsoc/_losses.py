@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Real
 
+from ._adjoint import euler_lean_adjoint, lean_adjoint
 from ._kl import path_kl, velocity_gaps
 from ._paths import (
     check_finite,
@@ -22,7 +23,7 @@ from ._paths import (
     shifted_sigma,
     VelocityField,
 )
-from ._sde import sample_sde
+from ._sde import _euler_fast_path, euler_memoryless_sde, sample_sde
 
 
 def flow_matching_loss(
@@ -96,17 +97,97 @@ def adjoint_matching_loss(
     lam = check_lam(lam, name)
     shift = resolve_shift(ts, shift, name)
     xs = check_finite(jax.lax.stop_gradient(xs), "the states `xs`", name)
-    adj = jax.lax.stop_gradient(adj[:-1])
     gaps = velocity_gaps(field, base, xs, ts, args)
-    g = shifted_sigma(ts[:-1], shift)
-    expand = (slice(None),) + (None,) * (xs.ndim - 1)
-    dtype = result_dtype(g, lam, gaps, adj)
-    sigma = (g.astype(dtype) / jnp.sqrt(lam.astype(dtype)))[expand]
-    loss = jnp.sum(((2 / sigma) * gaps.astype(dtype) + sigma * adj.astype(dtype)) ** 2)
+    loss = matching_loss_from_gaps(gaps, adj, ts, lam, shift)
     if not with_kl:
         return loss
     kl = path_kl(field, base, xs, ts, shift=shift, gaps=jax.lax.stop_gradient(gaps))
     return loss, kl
+
+
+def matching_loss_from_gaps(gaps: Array, adj: Array, ts: Array, lam: Array, shift) -> Array:
+    r"""$\sum_i \lVert (2/\sigma_i)\,\Delta v_i + \sigma_i \tilde a_i \rVert^2$ from the velocity gaps
+    $\Delta v_i = v_\theta(t_i, x_i) - v_{\rm base}(t_i, x_i)$, $i = 0 \dots n-2$, and the adjoint at `ts` (its last
+    entry unused, no gradient): the arithmetic of [`flowsoc.adjoint_matching_loss`][] after its field calls."""
+    adj = jax.lax.stop_gradient(adj[:-1])
+    g = shifted_sigma(ts[:-1], shift)
+    expand = (slice(None),) + (None,) * (gaps.ndim - 1)
+    dtype = result_dtype(g, lam, gaps, adj)
+    sigma = (g.astype(dtype) / jnp.sqrt(lam.astype(dtype)))[expand]
+    return jnp.sum(((2 / sigma) * gaps.astype(dtype) + sigma * adj.astype(dtype)) ** 2)
+
+
+SHARE_PASSES = True
+"""`adjoint_matching_on_sde_path` shares network passes where it can (`False`: the three public calls, for
+benchmarks that count the arithmetic saved)."""
+
+
+def adjoint_matching_on_sde_path(
+    field: VelocityField,
+    base: VelocityField,
+    x0: Array,
+    ts: Array,
+    key: PRNGKeyArray,
+    terminal: Callable[[Array], Array],
+    *,
+    lam: float | Real[Array, ""],
+    args: Any = None,
+    base_time: str = "grid",
+    final_ode_step: bool = False,
+) -> tuple[Array, Array, Array]:
+    r"""One adjoint matching pass of the agents: the memoryless SDE of `field` (frozen, its last step the base's
+    noiseless step), the lean adjoint through `base` from `terminal(x1)`, and the loss and path KL on that path:
+
+        xs = sample_sde(frozen field, x0, ts, key, args=args, final_field=base)
+        adj = lean_adjoint(base, xs, ts, terminal(xs[-1]), args=args, base_time=..., final_ode_step=...)
+        loss, kl = adjoint_matching_loss(field, base, xs, ts, adj, lam=lam, args=args, with_kl=True)
+
+    returning `(loss, kl, adj)`. On a fixed Euler grid (the default shift, at most `UNROLL_MAX_STEPS` steps, one
+    dtype) each network pass those three calls share is done once, unrolled: the SDE's passes of `field` at $x_i$
+    (the states behind `stop_gradient`, the velocities keeping their parameter gradient) are the loss's, the last
+    base step's pass is the loss's base at $t_{n-2}$, and with `base_time="grid"` the forward passes of the
+    adjoint's vector–Jacobian products are the loss's base at every $t_i$ (with `"next"` and `"mid"` they are at
+    other times, and the loss evaluates the base at $t_i$, $i < n-2$, itself, as one batch). The same values at the
+    same points as the three calls, up to float rounding; otherwise it makes the three calls."""
+    name = "adjoint_matching_loss"
+    ts = check_grid(ts, name)
+    x0 = jnp.asarray(x0)
+    shift = resolve_shift(ts, None, name)
+    field_arrays, field_static = eqx.partition(field, eqx.is_array)
+    frozen = eqx.combine(jax.lax.stop_gradient(field_arrays), field_static)
+    dtypes = [eqx.filter_eval_shape(f, ts[0], x0, args).dtype for f in (field, base)]
+    if not (SHARE_PASSES and _euler_fast_path(None, None, ts, x0.dtype, shift.dtype, *dtypes)):
+        xs = sample_sde(frozen, x0, ts, key, args=args, final_field=base)
+        adj = lean_adjoint(
+            base, xs, ts, terminal(xs[-1]), args=args, base_time=base_time, final_ode_step=final_ode_step
+        )
+        loss, kl = adjoint_matching_loss(field, base, xs, ts, adj, lam=lam, args=args, with_kl=True)
+        return loss, kl, adj
+    lam = check_lam(lam, name)
+    xs, v_field, v_last = euler_memoryless_sde(
+        field, x0, ts, key, args=args, shift=shift, final_ode_step=True, final_field=base, stop_states=True
+    )
+    xs = check_finite(xs, "the states `xs`", name)
+    adj, v_adjoint = euler_lean_adjoint(
+        base,
+        xs,
+        ts,
+        check_finite(jnp.asarray(terminal(xs[-1])), "`terminal`", "lean_adjoint"),
+        args=args,
+        shift=shift,
+        base_time=base_time,
+        final_ode_step=final_ode_step,
+    )
+    v_theta = jnp.stack(v_field + [jnp.asarray(field(ts[-2], xs[-2], args)).astype(xs.dtype)])
+    if base_time == "grid":
+        v_base = jnp.stack(v_adjoint)
+    else:
+        v_base = jax.vmap(lambda t, x: base(t, x, args))(ts[:-2], xs[:-2]).astype(xs.dtype)
+        v_base = jnp.concatenate([v_base, v_last[None]])
+    gaps = v_theta - jax.lax.stop_gradient(v_base)
+    loss = matching_loss_from_gaps(gaps, adj, ts, lam, shift)
+    kl = path_kl(field, base, xs, ts, shift=shift, gaps=jax.lax.stop_gradient(gaps))
+    return loss, kl, adj
 
 
 def soc_objective(

@@ -13,6 +13,7 @@ from typing import Any
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, PRNGKeyArray, Real
@@ -79,7 +80,7 @@ def _check_x0(x0, name):
 
 def _check_field(field, t0, x0, args, name):
     """Refuse a field that cannot take `x0`, or that returns dx/dt of another shape (which the solvers would
-    otherwise broadcast silently), naming both shapes."""
+    otherwise broadcast silently), naming both shapes. Returns the output's dtype."""
     try:
         out = eqx.filter_eval_shape(field, t0, x0, args)
     except Exception as err:  # the field's own shape error, e.g. a matmul of the wrong width
@@ -94,6 +95,76 @@ def _check_field(field, t0, x0, args, name):
             f"{name}: field(t, x, args) returned shape {shape} for x of shape {tuple(x0.shape)}; it must return "
             "dx/dt shaped like x (a field on one sample needs jax.vmap for a batch)."
         )
+    return out.dtype
+
+
+UNROLL_MAX_STEPS = 64
+"""Fixed Euler grids of at most this many steps are solved by an unrolled Python loop instead of a Diffrax while
+loop: the same arithmetic in the same order (identical results), which XLA fuses across steps and counts in full
+(its cost analysis counts a while loop's body once). Longer grids use Diffrax."""
+
+
+def _euler_fast_path(solver, stepsize_controller, ts, *dtypes) -> bool:
+    """Fixed-step Euler on a short grid, all in one dtype: the unrolled loops below reproduce Diffrax's
+    `Euler` + `StepTo` step for step (`y1 = y0 + Δt·f` for an ODE, `y1 = y0 + (Δt·b + g·ΔW)` for the SDE)."""
+    euler = solver is None or type(solver) is dfx.Euler
+    return (
+        euler
+        and stepsize_controller is None
+        and ts.shape[0] - 1 <= UNROLL_MAX_STEPS
+        and all(jnp.dtype(d) == ts.dtype for d in dtypes)
+    )
+
+
+def euler_ode(field: VelocityField, x0: Array, ts: Array, args: Any = None) -> Array:
+    """The flow ODE by Euler steps on `ts`, unrolled (`sample_ode`'s fast path; no checks)."""
+    x = x0
+    for i in range(ts.shape[0] - 1):
+        x = x + (ts[i + 1] - ts[i]) * field(ts[i], x, args)
+    return x
+
+
+def euler_memoryless_sde(
+    field: VelocityField,
+    x0: Array,
+    ts: Array,
+    key: PRNGKeyArray,
+    *,
+    args: Any = None,
+    shift: Any,
+    final_ode_step: bool,
+    final_field: VelocityField | None = None,
+    stop_states: bool = False,
+) -> tuple[Array, list[Array], Array | None]:
+    """The memoryless SDE by Euler–Maruyama on `ts`, unrolled (`sample_sde`'s fast path; no checks): the states,
+    the field's velocities $v(t_i, x_i)$ at every noisy step and the last ODE step's velocity (or `None`).
+
+    The noise is [`flowsoc.GridBrownianPath`][]'s, so the states equal Diffrax's `Euler` + `StepTo` solve.
+    `stop_states=True` puts every state behind `stop_gradient` while the velocities keep their gradient with
+    respect to the field's parameters: a loss on those velocities at the sampled states (adjoint matching,
+    whose forward values they are) then reuses the sampler's forward passes."""
+    ts_sde = ts[:-1] if final_ode_step else ts
+    stop = jax.lax.stop_gradient if stop_states else (lambda y: y)
+    velocities = []
+    x = stop(x0)
+    xs = [x]
+    if ts_sde.shape[0] >= 2:
+        normals = GridBrownianPath(ts_sde, key, x0.shape, dtype=x0.dtype).normals
+        for i in range(ts_sde.shape[0] - 1):
+            t0, dt = ts_sde[i], ts_sde[i + 1] - ts_sde[i]
+            v = jnp.asarray(field(t0, x, args)).astype(x.dtype)
+            velocities.append(v)
+            b = 2 * v - x / jnp.asarray(t0 + shift).astype(x.dtype)  # MemorylessDrift
+            g = jnp.broadcast_to(shifted_sigma(t0, shift), x.shape).astype(x.dtype)  # MemorylessDiffusion
+            x = stop(x + (dt * b + g * (normals[i] * jnp.sqrt(dt))))
+            xs.append(x)
+    v_last = None
+    if final_ode_step:
+        last_field = field if final_field is None else final_field
+        h = (ts[-1] - ts[-2]).astype(x.dtype)
+        v_last = jnp.asarray(last_field(ts[-2], x, args)).astype(x.dtype)
+        xs.append(stop(x + h * v_last))
+    return jnp.stack(xs), velocities, v_last
 
 
 def sample_ode(
@@ -128,7 +199,9 @@ def sample_ode(
     name = "sample_ode"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
-    _check_field(field, ts[0], x0, args, name)
+    out_dtype = _check_field(field, ts[0], x0, args, name)
+    if _euler_fast_path(solver, stepsize_controller, ts, x0.dtype, out_dtype):
+        return euler_ode(field, x0, ts, args)
     solver = dfx.Euler() if solver is None else solver
     if stepsize_controller is None:
         controller, dt0, steps = dfx.StepTo(ts), None, ts.shape[0] - 1
@@ -202,12 +275,16 @@ def sample_sde(
     name = "sample_sde"
     ts = check_grid(ts, name)
     x0 = _check_x0(x0, name)
-    _check_field(field, ts[0], x0, args, name)
+    dtypes = [_check_field(field, ts[0], x0, args, name)]
     if final_field is not None:
-        _check_field(final_field, ts[0], x0, args, name)
+        dtypes.append(_check_field(final_field, ts[0], x0, args, name))
     if final_ode_step is None:
         final_ode_step = default_final_ode_step(shift)
     shift = resolve_shift(ts, shift, name)
+    if _euler_fast_path(solver, stepsize_controller, ts, x0.dtype, jnp.asarray(shift).dtype, *dtypes):
+        return euler_memoryless_sde(
+            field, x0, ts, key, args=args, shift=shift, final_ode_step=final_ode_step, final_field=final_field
+        )[0]
     solver = dfx.Euler() if solver is None else solver
     ts_sde = ts[:-1] if final_ode_step else ts
     if ts_sde.shape[0] >= 2:

@@ -172,3 +172,55 @@ def lambda_for_budget(
         log_lo = jnp.where(too_much, mid, log_lo)
         log_hi = jnp.where(too_much, log_hi, mid)
     return jnp.exp(0.5 * (log_lo + log_hi))
+
+
+def scalar_adjoint_integral(s: Real[ArrayLike, "..."]) -> Float[Array, "..."]:
+    r"""$I(s) = \int_0^1 \frac{1-\tau}{\sqrt{(1-\tau)^2 + s^2\tau^2}}\,d\tau$ for a base standard deviation $s > 0$:
+
+    $$I(s) = \frac{1-s}{1+s^2} + \frac{s^2}{(1+s^2)^{3/2}}
+    \log\frac{\big(\sqrt{1+s^2}+1\big)\big(\sqrt{1+s^2}+s\big)}{s}.$$
+
+    Scalar adjoint matching moves the mean of $\mathcal N(m, s^2)$ by $(c/\lambda)\,s\,I(s)$ for $r = c\,x$, where
+    the tilt moves it by $s^2 c/\lambda$ ([`flowsoc.gaussian.scalar_adjoint_tilt_linear`][]). $I(1) \approx 0.623$,
+    $I(s) \to 1$ as $s \to 0$."""
+    s = jnp.asarray(s)
+    root = jnp.sqrt(1 + s**2)
+    return (1 - s) / (1 + s**2) + s**2 / root**3 * jnp.log((root + 1) * (root + s) / s)
+
+
+def scalar_adjoint_velocity_linear(
+    mean: Float[ArrayLike, " d"],
+    cov: Float[ArrayLike, "d d"],
+    b: Float[ArrayLike, " d"],
+    lam: Real[ArrayLike, ""],
+    t: Real[ArrayLike, ""],
+    x: Float[ArrayLike, "*batch d"],
+    shift: Real[ArrayLike, ""] = 0.0,
+) -> Float[Array, "*batch d"]:
+    r"""$v(t, x) = v_{\rm base}(t, x) + t\,g_s(t)^2\,b/(2\lambda)$: the scalar-adjoint-matching optimum for
+    $r = b^\top x$ (adjoint $\tilde a_t = -t\,b$), $g_s(t)^2 = 2(1-t+s)/(t+s)$; with $s = 0$ the shift is
+    $(1-t)\,b/\lambda$."""
+    t = jnp.asarray(t)
+    fraction = jnp.where(t + shift > 0, t / jnp.where(t + shift > 0, t + shift, 1.0), 1.0)  # t/(t+s); 1 at t = s = 0
+    v = GaussianVelocity(mean, cov)(t, x)
+    return v + jnp.broadcast_to((1 - t + shift) * fraction * jnp.asarray(b) / lam, v.shape)
+
+
+def scalar_adjoint_tilt_linear(
+    mean: Float[ArrayLike, " d"],
+    cov: Float[ArrayLike, "d d"],
+    b: Float[ArrayLike, " d"],
+    lam: Real[ArrayLike, ""] = 1.0,
+) -> tuple[Float[Array, " d"], Float[Array, "d d"]]:
+    r"""The terminal law of the flow ODE of [`flowsoc.gaussian.scalar_adjoint_velocity_linear`][] ($s = 0$):
+
+    $$\mathcal N\big(\mu + \Sigma^{1/2}\,I(\Sigma^{1/2})\,b/\lambda,\ \Sigma\big),$$
+
+    $I$ of [`flowsoc.gaussian.scalar_adjoint_integral`][] applied to the eigenvalues of $\Sigma^{1/2}$. The added
+    drift $(1-t)b/\lambda$ is state-independent and the base flow is affine, so the covariance is the base's and
+    the mean moves by $\int_0^1 \Sigma^{1/2} C_t^{-1/2}(1-t)\,dt\;b/\lambda$."""
+    cov = jnp.asarray(cov)
+    evals, evecs = jnp.linalg.eigh(cov)
+    s = jnp.sqrt(evals)
+    gain = (evecs * (s * scalar_adjoint_integral(s))[None, :]) @ evecs.T
+    return jnp.asarray(mean) + gain @ jnp.asarray(b) / lam, cov

@@ -1,4 +1,4 @@
-r"""Parity of flowsoc's QAM / TRQAM / BAM update with the official codes, on numbers only.
+r"""Parity of flowsoc's QAM / TRQAM / BAM / QAM-E / QAM-F update with the official codes, on numbers only.
 
 The fixture `fixtures/parity.npz` was written by `benchmarks/parity/export_official.py`, run in the
 official codes' own environment (github.com/yonghdong/trqam and github.com/ColinQiyangLi/qam at the
@@ -27,16 +27,40 @@ and proves:
 - the harness has the power to see mistakes: using the wrong critic or base, or λ off by 25%, moves a
   term by 9-90 combined standard errors (`test_harness_detects_wrong_modules`).
 
+QAM-E and QAM-F (the official `QAMAgent` with `edit_scale` 0.5, resp. `fql_alpha` 10, at QAM's τ = 3): the
+fixture adds their own official modules, `edit_actor` (a `TanhNormal` on `MLP(activate_final=True)`: hidden
+layers `MLP_0/Dense_i`, heads `OutputDenseMean`, `OutputDenseLogStd`), `edit_alpha` (`LogParam`, log-value
+log 0.7) and `one_step_actor` (the velocity field without time input), all freshly initialised and
+perturbed. They load into `nets.actor` (QAM-E: {"edit": `TanhGaussian`, "log_alpha"}, the two heads being the
+first and second halves of the one MLP's last layer; QAM-F: a `OneStepPolicy`), the whole agent cast to the
+dtype flowsoc creates it in. Proved:
+
+- the edit actor's mean and clipped log-std (the probe reaches the clip at 2), and flowsoc's tanh-Gaussian
+  sampler fed the probe's normal draws reproduces the official edits and `log_prob` (tanh change of
+  variables included); the one-step actor's outputs: float32 precision (`test_variant_modules_forward_parity`);
+- the critic terms (their TD target acts with the edited flow / the one-step policy), `edit_q_loss`,
+  `edit_entropy_loss`, `edit_alpha_loss`, `edit_entropy`, `edit_alpha`, `fql_q_loss`, `fql_distill_loss`
+  and the 12 batch moments of the acting action (`sample_actions`) agree within 4 combined standard errors;
+  the gradients w.r.t. the critic, the edit actor and the one-step actor by cosine as above, the gradient
+  w.r.t. log α within 4 combined s.e. (`test_variant_terms_match_official`); their flow and adjoint-matching
+  terms are QAM's (official side: checked by the exporter on the same keys; flowsoc: the same parts,
+  `test_variants_are_qam_plus_an_acting_part`);
+- mistakes show: the edit's or the one-step policy's Q from the target critic, the edit heads swapped, or
+  distillation towards the behaviour flow move a term or the gradient by 60-180 standard errors or noise
+  levels (`test_harness_detects_wrong_acting_parts`).
+
 LayerNorm: the official networks use flax's default eps 1e-6, and so does flowsoc
 (`test_layernorm_eps_matches_flax`: the critic as flowsoc builds it, loaded with nothing but the official
 weights, reproduces the official outputs to float32 rounding).
 
 The Monte-Carlo tests compile one update per agent class (XLA on CPU, ~10-30 s each; about 2 minutes for
-the file on 2 busy cores): marked slow. Regenerate the fixture only with the exporter (see its README).
+the file on 2 busy cores, of which QAM-E / QAM-F about 50 s): marked slow. Regenerate the fixture only with
+the exporter (see its README).
 """
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -46,8 +70,8 @@ import numpy as np
 import pytest
 
 from flowsoc import adjoint_matching_loss, DualDescent, DualState, lean_adjoint
-from flowsoc.rl import AbstractFlowAgent, AgentConfig, BAM, QAM, TRQAM
-from flowsoc.rl._networks import CriticEnsemble, VelocityMLP
+from flowsoc.rl import _networks, AbstractFlowAgent, AgentConfig, BAM, QAM, QAME, QAMF, TRQAM
+from flowsoc.rl._networks import CriticEnsemble, OneStepPolicy, TanhGaussian, VelocityMLP
 from flowsoc.rl.ogbench._data import ChunkBatch
 
 
@@ -131,6 +155,52 @@ def critic_grads_by_name(grad: CriticEnsemble) -> dict:
     return out
 
 
+def load_edit_actor(fx, cfg: dict) -> TanhGaussian:
+    """The official `edit_actor` (`TanhNormal` on `MLP(activate_final=True)`: hidden layers `MLP_0/Dense_i`, then
+    the heads `OutputDenseMean`, `OutputDenseLogStd`) in flowsoc's `TanhGaussian`, whose one MLP's last layer
+    outputs [mean, log_std]: the two heads are that layer's first and second halves."""
+    chunk = cfg["horizon"] * cfg["action_dim"]
+    edit = TanhGaussian(cfg["obs_dim"] + chunk, chunk, tuple(cfg["hidden"]), key=jr.key(0))
+    w, n = "w/modules_edit_actor", len(cfg["hidden"])
+    weights = {
+        f"edit/Dense_{i}/{leaf}": fx[f"{w}/MLP_0/Dense_{i}/{leaf}"] for i in range(n) for leaf in ("kernel", "bias")
+    }
+    for leaf, axis in (("kernel", 1), ("bias", 0)):
+        heads = [fx[f"{w}/OutputDense{head}/{leaf}"] for head in ("Mean", "LogStd")]
+        weights[f"edit/Dense_{n}/{leaf}"] = np.concatenate(heads, axis=axis)
+    return eqx.tree_at(lambda e: e.mlp, edit, _set_mlp(edit.mlp, weights, "edit"))
+
+
+def load_one_step(fx, cfg: dict) -> OneStepPolicy:
+    chunk = cfg["horizon"] * cfg["action_dim"]
+    policy = OneStepPolicy(cfg["obs_dim"], chunk, tuple(cfg["hidden"]), layer_norm=False, key=jr.key(0))
+    return _cast_like(
+        eqx.tree_at(lambda f: f.mlp, policy, _set_mlp(policy.mlp, fx, "w/modules_one_step_actor/mlp")), policy
+    )
+
+
+def _cast_like(module, like):
+    """The official (float32) leaves in the dtypes of `like`, a module flowsoc created (float64 under the suite's
+    x64)."""
+    return jax.tree.map(lambda x, y: x.astype(y.dtype) if eqx.is_inexact_array(x) else x, module, like)
+
+
+def acting_grads_by_name(grad) -> dict:
+    """A gradient w.r.t. `nets.actor` under the official module and leaf names (flax layout)."""
+    if isinstance(grad, OneStepPolicy):
+        return {"one_step_actor": velocity_grads_by_name(grad)}
+    layers = grad["edit"].mlp.layers
+    edit = {}
+    for i, lin in enumerate(layers[:-1]):
+        edit[f"MLP_0/Dense_{i}/kernel"] = jnp.swapaxes(lin.weight, -1, -2)
+        edit[f"MLP_0/Dense_{i}/bias"] = lin.bias
+    d = layers[-1].bias.shape[-1] // 2
+    for head, part in (("Mean", slice(None, d)), ("LogStd", slice(d, None))):
+        edit[f"OutputDense{head}/kernel"] = jnp.swapaxes(layers[-1].weight[..., part, :], -1, -2)
+        edit[f"OutputDense{head}/bias"] = layers[-1].bias[..., part]
+    return {"edit_actor": edit, "edit_alpha": {"log_value": grad["log_alpha"]}}
+
+
 def make_config(cfg: dict, **overrides) -> AgentConfig:
     settings = dict(
         horizon=cfg["horizon"],
@@ -170,6 +240,23 @@ def build_agent(fx, meta, agent_cls, lam: float | None = None, **overrides):
     if lam is not None:
         agent = eqx.tree_at(lambda a: a.dual.lam, agent, jnp.asarray(lam, agent.dual.lam.dtype))
     return agent
+
+
+def build_variant(fx, meta, setting: str):
+    """flowsoc's QAM-E (`"qame"`) or QAM-F (`"qamf"`) with the shared weights and the official variant's own
+    modules in `nets.actor` (QAM-E: {"edit": TanhGaussian, "log_alpha"}; QAM-F: a `OneStepPolicy`)."""
+    cfg = meta["config"]
+    if setting == "qame":
+        cls, overrides = QAME, dict(edit_scale=cfg["edit_scale"])
+        actor = {"edit": load_edit_actor(fx, cfg), "log_alpha": jnp.asarray(fx["w/modules_edit_alpha/log_value"])}
+    else:
+        cls, overrides = QAMF, dict(fql_alpha=cfg["fql_alpha"])
+        actor = load_one_step(fx, cfg)
+    created = cls.create(jr.key(0), cfg["obs_dim"], cfg["action_dim"], make_config(cfg, **overrides))
+    agent = eqx.tree_at(lambda a: a.nets.actor, build_agent(fx, meta, cls, **overrides), actor)
+    # One dtype throughout, as in an agent flowsoc builds (its acting parts add Q to the edit's log-density,
+    # the one-step action to the flow's: strict promotion allows that only within one dtype).
+    return _cast_like(agent, created)
 
 
 def make_batch(fx) -> ChunkBatch:
@@ -217,10 +304,39 @@ def actor_terms(agent, batch, keys):
     return jax.lax.map(one, keys)
 
 
+@eqx.filter_jit
+def variant_terms(agent, batch, keys):
+    """Per key (`lax.map`), for QAM-E / QAM-F: the critic loss and its metrics (the TD target's next actions
+    come from what acts: the edited flow, the one-step policy), the acting part's loss terms, the gradients
+    w.r.t. the critic and `nets.actor`, and the batch means of the acting action's entries and squares
+    (`sample_actions` at the next observations)."""
+
+    def one(key):
+        k_critic, k_actor, k_act = jr.split(key, 3)
+        (_, m_critic), g_critic = eqx.filter_value_and_grad(agent.critic_loss, has_aux=True)(
+            agent.nets.critic, batch, k_critic
+        )
+        (_, m_actor), g_actor = eqx.filter_value_and_grad(
+            lambda p: agent.actor.loss(agent, p, batch, k_actor), has_aux=True
+        )(agent.nets.actor)
+        next_obs = batch.next_observations[:, -1]
+        acts = agent.sample_actions(next_obs, k_act).reshape(next_obs.shape[0], -1)
+        scalars = {k: m_critic[k] for k in ("critic_loss", "q_mean", "target_mean")} | m_actor
+        scalars["action_moments"] = jnp.concatenate([jnp.mean(acts, axis=0), jnp.mean(acts**2, axis=0)])
+        return scalars, {"critic": critic_grads_by_name(g_critic), **acting_grads_by_name(g_actor)}
+
+    return jax.lax.map(one, keys)
+
+
 def summarise(scalars, grads):
     n = next(iter(scalars.values())).shape[0]
     stats = {
         k: (float(np.mean(v)), float(np.std(np.asarray(v, np.float64), ddof=1) / np.sqrt(n)))
+        if np.ndim(v) == 1
+        else (
+            np.mean(np.asarray(v, np.float64), axis=0),
+            np.std(np.asarray(v, np.float64), axis=0, ddof=1) / np.sqrt(n),
+        )
         for k, v in scalars.items()
     }
     mean_grads = jax.tree.map(lambda g: np.asarray(jnp.mean(g, axis=0)), grads)
@@ -252,6 +368,14 @@ TERMS = {
         "actor": "bam_loss",
     },
 }
+# QAM-E / QAM-F: the terms that differ from QAM's (their flow and adjoint-matching terms are QAM's: the exporter
+# checks that on the official side, `test_variants_are_qam_plus_an_acting_part` on flowsoc's).
+VARIANT_TERMS = {
+    "qame": ("critic_loss", "q_mean", "target_mean")
+    + ("edit_q_loss", "edit_entropy_loss", "edit_alpha_loss", "edit_entropy", "edit_alpha"),
+    "qamf": ("critic_loss", "q_mean", "target_mean", "fql_q_loss", "fql_distill_loss"),
+}
+VARIANT_MODULES = {"qame": ("critic", "edit_actor"), "qamf": ("critic", "one_step_actor")}
 SETTINGS = {
     "trqam_lam1": ("trqam", TRQAM, 1.0),
     "trqam_lam0.2": ("trqam", TRQAM, 0.2),
@@ -305,6 +429,13 @@ class FlowsocRuns:
             actor = actor_terms(build_agent(self.fx, self.meta, cls, lam), self.batch, self.actor_keys)
             scalars, grads = ({**self.critic()[i], **actor[i]} for i in (0, 1))
             self._cache[setting] = (scalars, *summarise(scalars, grads))
+        return self._cache[setting]
+
+    def variant(self, setting: str):
+        """QAM-E / QAM-F: `(scalars, stats, mean_grads, grads)` on flowsoc's critic keys."""
+        if setting not in self._cache:
+            scalars, grads = variant_terms(build_variant(self.fx, self.meta, setting), self.batch, self.critic_keys)
+            self._cache[setting] = (scalars, *summarise(scalars, grads), grads)
         return self._cache[setting]
 
 
@@ -548,3 +679,153 @@ def test_harness_detects_wrong_modules(fx, meta, runs):
     print("\nnegative controls (combined s.e., or policy-gradient 1-cos over its noise level):")
     print("\n".join(f"  {name:34s} {value:6.1f}" for name, value in found.items()))
     assert all(value > 6 for value in found.values()), found
+
+
+# ---------------------------------------------------------------------------------------------- QAM-E, QAM-F
+
+
+def test_variants_are_qam_plus_an_acting_part(meta):
+    """QAM-E and QAM-F train the critic, behaviour and policy flows as QAM does (so QAM's parity covers those
+    terms; the exporter checks that the official variants' flow and adjoint-matching terms are QAM's on the same
+    keys), and flowsoc's defaults for their own terms are the official ones."""
+    for cls in (QAME, QAMF):
+        assert cls.temperature == QAM.temperature and cls.policy_objective == QAM.policy_objective
+        for method in ("critic_loss", "critic_target", "behaviour_loss", "flow_actions", "losses"):
+            assert getattr(cls, method) is getattr(AbstractFlowAgent, method), f"{cls.__name__} overrides {method}"
+    official, chunk = meta["official_configs"]["qame"], meta["config"]["horizon"] * meta["config"]["action_dim"]
+    assert AgentConfig().edit_target_entropy_multiplier == official["edit_target_entropy_multiplier"]
+    assert official["edit_target_entropy"] == -AgentConfig().edit_target_entropy_multiplier * chunk
+
+
+def test_variant_modules_forward_parity(fx, meta, monkeypatch):
+    """The official edit actor and one-step actor in flowsoc's `TanhGaussian` / `OneStepPolicy` (float32
+    precision): the edit actor's mean and clipped log-std (mean = the first half of the last layer; the
+    probe's scaled inputs push some log-stds past the clip at 2), and flowsoc's tanh-Gaussian sampler, fed
+    the probe's standard-normal draws, returns the official edits and the official `log_prob` of them (the
+    tanh change of variables included); the one-step actor's outputs."""
+    cfg = meta["config"]
+    edit = load_edit_actor(fx, cfg)
+    inputs = jnp.asarray(fx["probe/edit_actor/inputs"])
+    out = jax.vmap(edit.mlp)(inputs)
+    d = edit.out_dim
+    mean, raw_log_std = out[:, :d], out[:, d:]
+    assert int(jnp.sum(raw_log_std > edit.log_std_max)) >= 4  # the probe reaches the clip
+    assert (edit.log_std_min, edit.log_std_max) == (-20.0, 2.0)  # the official TanhNormal's
+    np.testing.assert_allclose(mean, fx["probe/edit_actor/mean"], rtol=1e-5, atol=1e-5)
+    log_std = jnp.clip(raw_log_std, edit.log_std_min, edit.log_std_max)
+    np.testing.assert_allclose(log_std, fx["probe/edit_actor/log_std"], rtol=1e-5, atol=1e-5)
+    # flowsoc's sampler with the official draws (its `jr.normal` replaced by the probe's eps).
+    eps = jnp.asarray(fx["probe/edit_actor/eps"])
+    with monkeypatch.context() as patch:
+        patch.setattr(_networks, "jr", SimpleNamespace(normal=lambda key, shape, dtype: eps.astype(dtype)))
+        sample, log_prob = edit.sample(inputs, jr.key(0))
+    np.testing.assert_allclose(sample, fx["probe/edit_actor/edit"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_prob, fx["probe/edit_actor/log_prob"], rtol=1e-5, atol=1e-4)
+    policy = load_one_step(fx, cfg)
+    ours = policy(jnp.asarray(fx["probe/obs"]), jnp.asarray(fx["probe/x"]))
+    np.testing.assert_allclose(ours, fx["probe/one_step_actor"], rtol=1e-5, atol=1e-5)
+
+
+def _variant_rows(fx, setting, stats, grads, per_seed):
+    """Comparison rows and failures for one variant setting (see `test_variant_terms_match_official`)."""
+    rows, failures = [], []
+
+    def compare(name, theirs, theirs_se, ours, ours_se):
+        err, tol = abs(ours - theirs), 4 * np.hypot(theirs_se, ours_se) + 1e-5 * abs(theirs)
+        rows.append(
+            f"  {name:18s} official {theirs:11.5g} ± {theirs_se:8.2g}  flowsoc {ours:11.5g} ± "
+            f"{ours_se:8.2g}  |Δ| {err:9.3g}  tol {tol:9.3g}"
+        )
+        if not err <= tol:
+            failures.append(name)
+
+    for name in VARIANT_TERMS[setting]:
+        compare(name, float(fx[f"{setting}/{name}/mean"]), float(fx[f"{setting}/{name}/se"]), *stats[name])
+    ours, ours_se = stats["action_moments"]
+    theirs, theirs_se = fx[f"{setting}/action_moments/mean"], fx[f"{setting}/action_moments/se"]
+    for i in range(len(ours)):
+        moment = "E[a]" if i < len(ours) // 2 else "E[a²]"
+        compare(f"action {moment}[{i % (len(ours) // 2)}]", theirs[i], theirs_se[i], ours[i], ours_se[i])
+    for module in VARIANT_MODULES[setting]:
+        cos = cosine(official_grads(fx, setting, module), grads[module])
+        noise = gradient_noise(fx, setting, module)
+        rows.append(f"  grad {module:14s} cosine {cos:.5f}  (1 - cos expected from the noise alone: {noise:.2g})")
+        if not (cos > 0.99 and 1 - cos < 3 * noise):
+            failures.append(f"grad/{module}")
+    if setting == "qame":  # d/d log α of α (H - H_target): a scalar, compared as a Monte-Carlo term
+        g = np.asarray(per_seed["edit_alpha"]["log_value"], np.float64)
+        compare(
+            "grad edit_alpha",
+            float(fx["qame/grad/edit_alpha/log_value"]),
+            float(fx["qame/grad_se/edit_alpha/log_value"]),
+            g.mean(),
+            g.std(ddof=1) / np.sqrt(len(g)),
+        )
+    return rows, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["qame", "qamf"])
+def test_variant_terms_match_official(setting, fx, runs):
+    """QAM-E (edit scale 0.5, edit temperature 0.7) and QAM-F (`fql_alpha` 10) against the official QAMAgent:
+    the critic terms (their TD target acts with the edited flow / the one-step policy), every term of the
+    acting part's loss and the batch moments of the acting action within 4 combined standard errors; the
+    gradients w.r.t. the critic, the edit actor and the one-step actor by cosine as above; the gradient
+    w.r.t. the edit temperature's log (a scalar) within 4 combined standard errors."""
+    _, stats, grads, per_seed = runs.variant(setting)
+    rows, failures = _variant_rows(fx, setting, stats, grads, per_seed)
+    print(f"\n{setting}:\n" + "\n".join(rows))
+    assert not failures, f"{setting}: {failures} disagree with the official code\n" + "\n".join(rows)
+
+
+@pytest.mark.slow
+def test_harness_detects_wrong_acting_parts(fx, meta, runs):
+    """Negative controls for QAM-E / QAM-F (reusing their compiled terms): each mistake moves some term by
+    many combined standard errors."""
+    runs.variant("qame"), runs.variant("qamf")
+    batch, keys = runs.batch, runs.critic_keys
+
+    def z(setting, name, ours):
+        theirs, theirs_se = float(fx[f"{setting}/{name}/mean"]), float(fx[f"{setting}/{name}/se"])
+        ours = np.asarray(ours, np.float64)
+        return abs(ours.mean() - theirs) / np.hypot(theirs_se, ours.std(ddof=1) / np.sqrt(len(ours)))
+
+    qame, qamf = build_variant(fx, meta, "qame"), build_variant(fx, meta, "qamf")
+
+    def worst(setting, agent):
+        """The largest distance over the acting part's terms (combined s.e.) and its gradient's turn (1 - cos
+        over its noise level), and which."""
+        scalars, grads = variant_terms(agent, batch, keys)
+        terms = [name for name in VARIANT_TERMS[setting][3:] if name != "edit_alpha"]  # α: no noise, not moved
+        found = {name: z(setting, name, scalars[name]) for name in terms}
+        module = VARIANT_MODULES[setting][1]
+        mean = jax.tree.map(lambda g: np.asarray(jnp.mean(g, axis=0)), grads[module])
+        found[f"grad {module}"] = (1 - cosine(official_grads(fx, setting, module), mean)) / gradient_noise(
+            fx, setting, module
+        )
+        name = max(found, key=found.get)
+        return found[name], name
+
+    edit_layer = qame.nets.actor["edit"].mlp.layers[-1]
+    d = qame.nets.actor["edit"].out_dim
+    controls = {
+        # The edit's Q from the target critic (official: the online critic).
+        "edit Q from the target critic": ("qame", eqx.tree_at(lambda a: a.nets.critic, qame, qame.target_critic)),
+        # The edit actor's heads the other way round (log-std first).
+        "edit heads swapped": (
+            "qame",
+            eqx.tree_at(
+                lambda a: (a.nets.actor["edit"].mlp.layers[-1].weight, a.nets.actor["edit"].mlp.layers[-1].bias),
+                qame,
+                (jnp.roll(edit_layer.weight, d, axis=0), jnp.roll(edit_layer.bias, d, axis=0)),
+            ),
+        ),
+        # QAM-F distilled towards the behaviour flow instead of the policy flow.
+        "distil the behaviour flow": ("qamf", eqx.tree_at(lambda a: a.nets.policy, qamf, qamf.nets.behaviour)),
+        # QAM-F's Q term from the target critic.
+        "one-step Q from the target critic": ("qamf", eqx.tree_at(lambda a: a.nets.critic, qamf, qamf.target_critic)),
+    }
+    found = {name: worst(setting, agent) for name, (setting, agent) in controls.items()}
+    print("\nnegative controls, QAM-E / QAM-F (combined s.e.):")
+    print("\n".join(f"  {name:34s} {value:6.1f} ({term})" for name, (value, term) in found.items()))
+    assert all(value > 6 for value, _ in found.values()), found

@@ -1,4 +1,4 @@
-"""flowsoc.rl: TRQAM, QAM and BAM on the SOC core, and their training loops.
+"""flowsoc.rl: QAM, QAM-E, QAM-F, TRQAM, SQAM and BAM on the SOC core, and their training loops.
 
 Two layers behind this one public face (the modules are private, as in `equinox.nn`):
 
@@ -27,6 +27,8 @@ from ._agents import (
     QAM as QAM,
     QAME as QAME,
     QAMF as QAMF,
+    ScalarAdjointMatching as ScalarAdjointMatching,
+    SQAM as SQAM,
     Trainables as Trainables,
     TRQAM as TRQAM,
     TrustRegionTemperature as TrustRegionTemperature,
@@ -39,6 +41,9 @@ from ._buffers import (
     ChunkBatch as ChunkBatch,
     clip_actions as clip_actions,
     gather_chunks as gather_chunks,
+    indexed_from_raw as indexed_from_raw,
+    IndexedTransitions as IndexedTransitions,
+    overwrite_rows as overwrite_rows,
     ReplayBuffer as ReplayBuffer,
     sample_chunks as sample_chunks,
     sparsify_rewards as sparsify_rewards,
@@ -92,6 +97,11 @@ from ._seeds import (
     stack_agents as stack_agents,
     train_offline_seeds as train_offline_seeds,
     unstack_agent as unstack_agent,
+)
+from ._sharded import (
+    DataMode as DataMode,
+    shard_at as shard_at,
+    ShardedDataset as ShardedDataset,
 )
 from ._train import (
     fused_updates as fused_updates,

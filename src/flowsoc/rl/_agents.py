@@ -1,4 +1,4 @@
-r"""Flow actor-critic agents on the SOC core: QAM, TRQAM and the BAM ablation.
+r"""Flow actor-critic agents on the SOC core: QAM, QAM-E, QAM-F, TRQAM, SQAM and the BAM ablation.
 
 One update skeleton (the official TRQAM/QAM codes):
 
@@ -25,6 +25,7 @@ Equinox), passed to the one skeleton rather than overriding it:
 | `BAM` | `FixedTemperature` | `BasicAdjoint()`: [`flowsoc.soc_objective`][] through the SDE | `FlowODE` |
 | `QAME` | `FixedTemperature` | `LeanAdjointMatching(times_inv_temp=True)` | `EditedFlow`: ODE + bounded edit |
 | `QAMF` | `FixedTemperature` | `LeanAdjointMatching(times_inv_temp=True)` | `OneStepDistillation` |
+| `SQAM` | `TrustRegionTemperature` | `ScalarAdjointMatching()`: bridge states, critic value penalty | `FlowODE` |
 
 The parts are `AbstractTemperature`, `AbstractPolicyObjective` and `AbstractActor` (the acting part's own
 parameters, if any, are trained beside the others in the one optimiser).
@@ -40,10 +41,10 @@ import jax.random as jr
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from .._adjoint import lean_adjoint
 from .._kl import path_kl
-from .._losses import adjoint_matching_loss, soc_objective
+from .._losses import adjoint_matching_on_sde_path, soc_objective
 from .._paths import result_dtype, uniform_grid
+from .._scalar_adjoint import scalar_adjoint_matching_loss
 from .._sde import sample_ode, sample_sde
 from .._trust_region import DualState
 from ._buffers import ChunkBatch
@@ -134,6 +135,18 @@ class AbstractPolicyObjective(eqx.Module):
         self, agent: "AbstractFlowAgent", policy: VelocityMLP, batch: ChunkBatch, key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]: ...
 
+    def critic_penalty(
+        self,
+        agent: "AbstractFlowAgent",
+        critic: CriticEnsemble,
+        policy: VelocityMLP,
+        batch: ChunkBatch,
+        key: PRNGKeyArray,
+    ) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """A term added to the critic's loss (differentiated with respect to `critic`; 0 unless the objective
+        names one). `key` is the one `loss` receives, so both can draw the same policy samples."""
+        return jnp.zeros((), batch.observations.dtype), {}
+
 
 class LeanAdjointMatching(AbstractPolicyObjective):
     r"""Adjoint matching of the policy towards $\bar\pi_\beta e^{Q/\lambda}$ (QAM, TRQAM): the memoryless SDE of
@@ -188,8 +201,70 @@ class BasicAdjoint(AbstractPolicyObjective):
         return loss, {"actor_loss": loss, "kl": kl}
 
 
+class ScalarAdjointMatching(AbstractPolicyObjective):
+    r"""Scalar adjoint matching (SQAM, "Q-Learning with Scalar Adjoint Matching"): no SDE and no adjoint ODE.
+    From the policy's deterministic ODE sample $\hat a$ (noise $z$, `flow_steps` Euler steps, held fixed) it
+    draws $K_b$ = `config.bridge_states` bridge states $x_\tau = (1-\tau)\varepsilon_\tau + \tau\hat a$,
+    $\tau = k/K_b$, and regresses on them ([`flowsoc.scalar_adjoint_matching_loss`][]) with the adjoint
+    $\tilde a_\tau = -\tau\,\nabla_a \mathrm{mean}_k \bar Q_k(s, \mathrm{clip}(\hat a))$ (one target-critic
+    gradient per sample):
+
+    $$L = \frac1B\sum_b\sum_{k=1}^{K_b}\Big\lVert
+    \frac{2}{\sigma_k}\big(v_\theta - \bar v_\beta\big)(\tau_k, x_{\tau_k}) + \sigma_k\tilde a_{\tau_k}\Big\rVert^2,
+    \qquad \sigma_k = g_s(\tau_k)/\sqrt{\lambda},\ s = 1/K_b,$$
+
+    with λ the temperature's (TRQAM's σ = g/√(3λ) under the trust region), and the path KL per action step for
+    the dual taken on the same bridge states. It also adds the value penalty to the critic's loss,
+
+    $$c\,\mathrm{mean}_b\big[\mathrm{mean}_k Q_k(s, \mathrm{sg}(\mathrm{clip}\,\hat a))
+    - \mathrm{mean}_k Q_k(s, a_{\rm data})\big],$$
+
+    $c$ = `config.value_penalty`, with the same $\hat a$. The fixed point is not $\bar\pi_\beta e^{Q/\lambda}$: for a
+    Gaussian base and a linear Q it moves the mean by $s\,I(s)\,c/\lambda$ instead of $s^2 c/\lambda$
+    ([`flowsoc.gaussian.scalar_adjoint_tilt_linear`][])."""
+
+    def _terminal(self, agent, policy, observations, key):
+        r"""$\hat a$ (unclipped) from the policy's ODE, the noise drawn from `key` as `loss` draws it."""
+        k_noise, _ = jr.split(key)
+        noise = jr.normal(k_noise, observations.shape[:-1] + (agent.chunk,), observations.dtype)
+        return jax.lax.stop_gradient(sample_ode(_frozen(policy), noise, agent.times, args=observations))
+
+    def loss(self, agent, policy, batch, key):
+        obs = batch.observations
+        a_hat = self._terminal(agent, policy, obs, key)
+        _, k_bridge = jr.split(key)
+        adj1 = agent.adjoint_terminal(a_hat, obs)
+        loss, kl = scalar_adjoint_matching_loss(
+            policy,
+            agent.base,
+            a_hat,
+            adj1,
+            k_bridge,
+            num_times=agent.config.bridge_states,
+            lam=agent.lam(),
+            args=obs,
+            with_kl=True,
+        )
+        batch_size = obs.shape[0]
+        loss = loss / batch_size
+        kl = kl / batch_size / agent.config.horizon
+        return loss, {"actor_loss": loss, "kl": kl, "adjoint_norm": jnp.mean(jnp.abs(adj1))}
+
+    def critic_penalty(self, agent, critic, policy, batch, key):
+        c = agent.config.value_penalty
+        if c == 0:
+            return super().critic_penalty(agent, critic, policy, batch, key)
+        obs = batch.observations
+        a_hat = jnp.clip(self._terminal(agent, policy, obs, key), -1.0, 1.0)
+        data = batch.actions.reshape(batch.actions.shape[0], -1)
+        q_policy = jnp.mean(jax.vmap(critic)(obs, a_hat), axis=-1)
+        q_data = jnp.mean(jax.vmap(critic)(obs, data), axis=-1)
+        gap = jnp.mean(q_policy) - jnp.mean(q_data).astype(q_policy.dtype)
+        return c * gap, {"value_penalty": c * gap, "q_policy_minus_data": gap}
+
+
 def _online_q(agent: "AbstractFlowAgent", observations: Array, actions: Array) -> Float[Array, " batch"]:
-    """$\mathrm{mean}_k Q_k(s, a)$ of the online critic, without its gradient (the acting parts' Q term)."""
+    r"""$\mathrm{mean}_k Q_k(s, a)$ of the online critic, without its gradient (the acting parts' Q term)."""
     return jnp.mean(jax.vmap(_frozen(agent.nets.critic))(observations, actions), axis=-1)
 
 
@@ -469,7 +544,7 @@ class AbstractFlowAgent(eqx.Module):
         cfg = self.config
         next_obs = batch.next_observations[:, -1]
         next_actions = self.actor.act(self, self.nets.actor, next_obs, key)
-        q_next = jax.vmap(self.target_critic)(next_obs, next_actions)  # (B, K)
+        q_next = self.target_critic.batched(next_obs, next_actions)  # (B, K): jax.vmap(target_critic), member-major
         value = jnp.mean(q_next, axis=-1) - cfg.pessimism * jnp.std(q_next, axis=-1)
         # The data may be narrower than the critic (float32 rows, float64 networks under x64).
         dtype = result_dtype(batch.rewards, batch.masks, value)
@@ -481,7 +556,7 @@ class AbstractFlowAgent(eqx.Module):
         """Mean over members and valid chunks of $(Q_k(s, a_{0:H}) - y)^2$."""
         target = self.critic_target(batch, key)
         actions = batch.actions.reshape(batch.actions.shape[0], -1)
-        q = jax.vmap(critic)(batch.observations, actions)  # (B, K)
+        q = critic.batched(batch.observations, actions)  # (B, K): jax.vmap(critic), member-major
         dtype = result_dtype(batch.valid, q, target)
         valid = batch.valid[:, -1].astype(dtype)
         loss = jnp.mean(valid[:, None] * (q.astype(dtype) - target[:, None].astype(dtype)) ** 2)
@@ -495,11 +570,11 @@ class AbstractFlowAgent(eqx.Module):
     def adjoint_terminal(self, x1: Float[Array, "batch chunk"], observations: Array) -> Float[Array, "batch chunk"]:
         r"""$\tilde a(1) = -\nabla_a\,\mathrm{mean}_k \bar Q_k(s, \mathrm{clip}(a, -1, 1))$ per sample."""
 
-        def q_mean(a, o):
+        def q_mean_sum(a):  # the samples are independent: the gradient of the sum is the per-sample gradient
             a = jnp.clip(a, -1.0, 1.0) if self.config.clip_adjoint_action else a
-            return jnp.mean(self.target_critic(o, a))
+            return jnp.sum(jnp.mean(self.target_critic.batched(observations, a), axis=-1))
 
-        return -jax.vmap(jax.grad(q_mean))(x1, observations)
+        return -jax.grad(q_mean_sum)(x1)
 
     def losses(self, nets: Trainables, batch: ChunkBatch, key: PRNGKeyArray):
         k_critic, k_behaviour, k_actor = jr.split(key, 3)
@@ -510,11 +585,14 @@ class AbstractFlowAgent(eqx.Module):
             k_actor, k_acting = jr.split(k_actor)
             acting_loss, m_acting = self.actor.loss(self, nets.actor, batch, k_acting)
         actor_loss, m_actor = self.actor_loss(nets.policy, batch, k_actor)
+        # A critic term from the policy objective (SQAM's value penalty), with the actor loss's key.
+        penalty, m_penalty = self.policy_objective.critic_penalty(self, nets.critic, nets.policy, batch, k_actor)
+        critic_loss = critic_loss + penalty.astype(critic_loss.dtype)
         dtype = result_dtype(critic_loss, behaviour_loss, actor_loss)
         total = critic_loss.astype(dtype) + behaviour_loss.astype(dtype) + actor_loss.astype(dtype)
         if nets.actor is not None:
             total = total + acting_loss.astype(dtype)
-        return total, {**m_critic, **m_behaviour, **m_actor, **m_acting, "total_loss": total}
+        return total, {**m_critic, **m_penalty, **m_behaviour, **m_actor, **m_acting, "total_loss": total}
 
     def update(self, batch: ChunkBatch) -> tuple["AbstractFlowAgent", dict[str, Array]]:
         """One gradient step on critic, behaviour flow and policy (one optax chain), EMA targets
@@ -552,18 +630,20 @@ class AbstractFlowAgent(eqx.Module):
         obs = batch.observations
         k_noise, k_sde = jr.split(key)
         x0 = jr.normal(k_noise, obs.shape[:-1] + (self.config.horizon * self.action_dim,), obs.dtype)
-        frozen = _frozen(policy)
-        xs = sample_sde(frozen, x0, self.times, k_sde, args=obs, final_field=self.base)
-        adj = lean_adjoint(
+        # = sample_sde(frozen policy, final_field=base), lean_adjoint, adjoint_matching_loss(with_kl=True), with the
+        # network passes those three share done once
+        loss, kl, adj = adjoint_matching_on_sde_path(
+            policy,
             self.base,
-            xs,
+            x0,
             self.times,
-            self.adjoint_terminal(xs[-1], obs),
+            k_sde,
+            lambda x1: self.adjoint_terminal(x1, obs),
+            lam=lam,
             args=obs,
             base_time=self.config.adjoint_base_time,
             final_ode_step=self.config.adjoint_final_ode_step,
         )
-        loss, kl = adjoint_matching_loss(policy, self.base, xs, self.times, adj, lam=lam, args=obs, with_kl=True)
         batch_size = obs.shape[0]
         kl = kl / batch_size / self.config.horizon
         loss = scale * loss / batch_size
@@ -613,3 +693,14 @@ class QAMF(AbstractFlowAgent):
     temperature: ClassVar[AbstractTemperature] = FixedTemperature()
     policy_objective: ClassVar[AbstractPolicyObjective] = LeanAdjointMatching(times_inv_temp=True)
     actor: ClassVar[AbstractActor] = OneStepDistillation()
+
+
+class SQAM(AbstractFlowAgent):
+    """Q-learning with Scalar Adjoint Matching: TRQAM's trust region and critic, the policy flow trained by
+    scalar adjoint matching on bridge states around its ODE sample, and a value penalty in the critic's loss
+    ([`flowsoc.rl.ScalarAdjointMatching`][]; `config.bridge_states`, `config.value_penalty`). The SQAM paper's
+    default budget is ε = 0.5 per action step (`config.with_kl_budget(0.5)`)."""
+
+    temperature: ClassVar[AbstractTemperature] = TrustRegionTemperature()
+    policy_objective: ClassVar[AbstractPolicyObjective] = ScalarAdjointMatching()
+    actor: ClassVar[AbstractActor] = FlowODE()

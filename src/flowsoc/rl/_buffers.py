@@ -84,6 +84,61 @@ class Transitions(eqx.Module):
 _FIELDS = ("observations", "actions", "rewards", "masks", "terminals", "next_observations")
 
 
+class IndexedTransitions(eqx.Module):
+    """Transitions with every state stored once, and a window of them to sample from: a large dataset's shard
+    (the window is all of it), or several shards side by side (the window is the current shard).
+
+    `states` holds the stored states episode by episode, each episode's final state included (the rows of an
+    OGBench file); transition `t` goes from `states[state_index[t]]` to the next row, `states[state_index[t] + 1]`,
+    so that no second copy of the observations (`next_observations`) is kept. `sample_chunks` draws only from
+    rows `offset ... offset + window - 1`, with the same batch for the same key wherever the window lies.
+    """
+
+    states: Float[Array, "steps *obs"]
+    state_index: Int[Array, " n"]
+    actions: Float[Array, "n act"]
+    rewards: Float[Array, " n"]
+    masks: Float[Array, " n"]
+    terminals: Float[Array, " n"]  # 1 at the last transition of an episode
+    offset: Int[Array, ""]
+    window: Int[Array, ""]
+    sparse_rewards: bool | None = eqx.field(static=True, default=None)
+
+    @property
+    def size(self) -> int:
+        return self.terminals.shape[0]
+
+    @property
+    def observations(self) -> Float[Array, "n *obs"]:
+        """`s_t` of every transition (a gathered copy: for inspection, not for the training loop)."""
+        return self.states[self.state_index]
+
+    @property
+    def next_observations(self) -> Float[Array, "n *obs"]:
+        """`s_{t+1}` of every transition (a gathered copy)."""
+        return self.states[self.state_index + 1]
+
+
+def indexed_from_raw(
+    raw: Mapping[str, Any], rewards: Any, masks: Any, sparse_rewards: bool | None = None
+) -> dict[str, np.ndarray]:
+    """The host arrays of an `IndexedTransitions` from the rows of an OGBench file (`observations`, `actions`,
+    `terminals` with 1 at each episode's final state) and the per-transition `rewards` and `masks`: transition `t`
+    is every row that is not an episode's final state, as OGBench's loader makes them (`compact_dataset=False`)."""
+    terminals = np.asarray(raw["terminals"]).astype(bool)
+    index = np.flatnonzero(~terminals)
+    if len(index) and index[-1] + 1 >= len(terminals):
+        raise DatasetError("the last stored state is not an episode's end (a truncated file?)")
+    return dict(
+        states=np.asarray(raw["observations"], np.float32),
+        state_index=index.astype(np.int32),
+        actions=np.asarray(raw["actions"], np.float32)[index],
+        rewards=np.asarray(rewards, np.float32),
+        masks=np.asarray(masks, np.float32),
+        terminals=terminals[index + 1].astype(np.float32),
+    )
+
+
 class ReplayBuffer(eqx.Module):
     """A fixed-capacity, device-resident ring buffer of transitions.
 
@@ -156,6 +211,16 @@ def append_transitions(buffer: ReplayBuffer, batch: Transitions) -> ReplayBuffer
     return add_transitions(buffer, batch)
 
 
+@eqx.filter_jit(donate="all")
+def overwrite_rows(buffer: ReplayBuffer, rows: Transitions) -> ReplayBuffer:
+    """`buffer` with its first `rows.size` rows replaced by `rows` (size and pointer kept): the official online
+    loop's rotation of a sharded dataset, `replay_buffer[k][:size] = shard[k]`. Written in place (`buffer`
+    donated)."""
+    n = rows.size
+    data = jax.tree.map(lambda buf, new: buf.at[:n].set(new.astype(buf.dtype)), buffer.data, rows)
+    return ReplayBuffer(data, buffer.size, buffer.pointer)
+
+
 class ChunkBatch(eqx.Module):
     """A batch of length-`H` action chunks starting at `s_t` (QAM's `sample_sequence`).
 
@@ -192,7 +257,7 @@ def chunk_start_indices(
 
 
 def gather_chunks(
-    data: Transitions,
+    data: "Transitions | IndexedTransitions",
     starts: Int[Array, " batch"],
     horizon: int,
     discount: float | Float[Array, ""],
@@ -203,6 +268,7 @@ def gather_chunks(
     `jax.jit`/`lax.scan` without host round trips. Rows `starts + horizon - 1` must
     exist.
     """
+    starts = starts.astype(jnp.int32)
     steps = jnp.arange(horizon, dtype=jnp.int32)
     idx = starts[:, None] + steps[None, :]  # (B, H)
     term = data.terminals[idx]
@@ -215,19 +281,23 @@ def gather_chunks(
     # valid is a prefix of ones: the last valid step of row b is n_valid[b] - 1.
     n_valid = jnp.sum(valid, axis=1).astype(jnp.int32)
     last = starts[:, None] + jnp.minimum(steps[None, :], n_valid[:, None] - 1)
+    if isinstance(data, IndexedTransitions):  # states stored once: s_t and s_{t+1} through the index
+        observations, next_observations = data.states[data.state_index[starts]], data.states[data.state_index[last] + 1]
+    else:
+        observations, next_observations = data.observations[starts], data.next_observations[last]
     return ChunkBatch(
-        observations=data.observations[starts],
+        observations=observations,
         actions=data.actions[idx],
         rewards=rewards,
         masks=masks,
         terminals=ended,
         valid=valid,
-        next_observations=data.next_observations[last],
+        next_observations=next_observations,
     )
 
 
 def sample_chunks(
-    data: Transitions | ReplayBuffer,
+    data: Transitions | ReplayBuffer | IndexedTransitions,
     key: PRNGKeyArray,
     batch_size: int,
     horizon: int,
@@ -240,10 +310,14 @@ def sample_chunks(
     Jittable with `batch_size` and `horizon` static, e.g.
     `eqx.filter_jit(sample_chunks)(data, key, 256, 5, 0.99)`; semantics equal QAM's
     `Dataset.sample_sequence` (start `t ~ U{0, ..., size - H}`). As there, a buffer's
-    chunks are not cut at the ring's write position.
+    chunks are not cut at the ring's write position. From `IndexedTransitions`, the starts lie in its window
+    (`offset + U{0, ..., window - H}`).
     """
     if isinstance(data, ReplayBuffer):
         size, table = data.size, data.data
+    elif isinstance(data, IndexedTransitions):  # the window alone: the current shard
+        starts = data.offset + chunk_start_indices(key, data.window, batch_size, horizon)
+        return gather_chunks(data, starts, horizon, discount)
     else:
         size, table = data.size, data
         if size < horizon:
@@ -255,6 +329,7 @@ def sample_chunks(
 __all__ = [
     "ACTION_CLIP_EPS",
     "ChunkBatch",
+    "IndexedTransitions",
     "ReplayBuffer",
     "Transitions",
     "add_transitions",
@@ -262,6 +337,8 @@ __all__ = [
     "chunk_start_indices",
     "clip_actions",
     "gather_chunks",
+    "indexed_from_raw",
+    "overwrite_rows",
     "sample_chunks",
     "sparsify_rewards",
 ]

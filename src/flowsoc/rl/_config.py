@@ -1,4 +1,4 @@
-"""Typed, frozen configuration of the flow actor-critic agents (QAM, TRQAM, BAM)."""
+"""Typed, frozen configuration of the flow actor-critic agents (QAM, QAM-E, QAM-F, TRQAM, SQAM, BAM)."""
 
 import dataclasses
 
@@ -15,8 +15,10 @@ fixed multiplier 3 inside σ."""
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """Hyperparameters shared by [`flowsoc.rl.QAM`][], [`flowsoc.rl.TRQAM`][] and [`flowsoc.rl.BAM`][].
-    Defaults are the official TRQAM/QAM codes'; `small()` is a CPU-sized preset.
+    """Hyperparameters shared by the agents of `flowsoc.rl` ([`flowsoc.rl.QAM`][], [`flowsoc.rl.TRQAM`][],
+    [`flowsoc.rl.SQAM`][], ...); a field marked with an agent's name is read by that agent's parts only.
+    Defaults are the official TRQAM/QAM codes'; `small()` is a CPU-sized preset. (SQAM's published default budget
+    is ε = 0.5: `config.with_kl_budget(0.5)`, as its presets `AgentConfig.paper(env, "sqam")` set.)
     """
 
     horizon: int = 5
@@ -73,12 +75,19 @@ class AgentConfig:
     fql_alpha: float = 30.0
     """QAM-F: the weight of the distillation term `mean (ODE_policy(z) − μ(s, z))²` in the one-step policy's loss
     (0: no one-step policy, the flow's ODE acts, as in the official code)."""
+    bridge_states: int = 10
+    r"""SQAM: the number $K_b$ of bridge states $x_\tau = (1-\tau)\varepsilon + \tau\hat a$, $\tau = k/K_b$, per
+    sample."""
+    value_penalty: float = 0.3
+    r"""SQAM: the weight $c$ of the critic's value penalty
+    $c\,\mathrm{mean}_b[\mathrm{mean}_k Q_k(s, \mathrm{clip}\,\hat a) - \mathrm{mean}_k Q_k(s, a_{\rm data})]$
+    (0: none)."""
     bam_running_cost_scale: float | None = None
     r"""BAM: the factor $c$ in its loss $c\,\widehat{\rm KL}_{\rm noisy} - \tau\,Q$ (the running cost over the noisy
     steps); `None` is the official BAM's $1/h$ (`flow_steps`), the running cost summed without the step size."""
 
     def __post_init__(self):
-        ints = ("horizon", "num_critics", "flow_steps")
+        ints = ("horizon", "num_critics", "flow_steps", "bridge_states")
         for name in ints:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -97,7 +106,7 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: inv_temp must be > 0, got {self.inv_temp}.")
         if not (np.isfinite(self.pessimism) and self.pessimism >= 0):
             raise ValueError(f"AgentConfig: pessimism must be a finite number >= 0, got {self.pessimism}.")
-        for name in ("edit_scale", "fql_alpha", "edit_target_entropy_multiplier"):
+        for name in ("edit_scale", "fql_alpha", "edit_target_entropy_multiplier", "value_penalty"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"AgentConfig: {name} must be a finite number >= 0, got {value}.")
@@ -130,8 +139,9 @@ class AgentConfig:
     def paper(cls, env: str, agent: str = "trqam", protocol: str | None = None, **overrides) -> "AgentConfig":
         """The official runs' settings for OGBench dataset or domain `env` (e.g.
         `cube-double-play-singletask-task2-v0` or `cube-double`) and `agent` (`trqam`, `qam`, `bam`, `qame`,
-        `qamf`) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`/`bam`/`qame`/`qamf`,
-        TRQAM paper for `trqam`), or `"qam"` / `"trqam"`. See [`flowsoc.rl.ogbench.paper_preset`][]
+        `qamf`, `sqam`) under `protocol`: `None` for the paper that ran the agent (QAM paper for
+        `qam`/`bam`/`qame`/`qamf`, TRQAM paper for `trqam`/`sqam`), or `"qam"` / `"trqam"`. See
+        [`flowsoc.rl.ogbench.paper_preset`][]
         (which also gives the sparse-reward choice, the BC pre-training steps and each value's source)."""
         from .ogbench._presets import paper_preset
 

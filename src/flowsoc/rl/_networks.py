@@ -271,6 +271,35 @@ class CriticEnsemble(eqx.Module):
         return eqx.filter_vmap(lambda member: member(inputs))(self.mlp)[:, 0]
 
 
+    def batched(
+        self, obs: Float[Array, "batch obs_dim"], action: Float[Array, "batch action_dim"]
+    ) -> Float[Array, "batch members"]:
+        """`jax.vmap(self)(obs, action)`, the $K$ values for each of a batch, computed member-major: each layer is one
+        batched contraction over the members, `(K, B, in) x (K, out, in) -> (K, B, out)` (the reference critics'
+        layout), which XLA runs faster than the vmap of the one-sample call. The same values up to float rounding."""
+        if obs.ndim != 2 or action.ndim != 2 or obs.shape[-1] != self.obs_dim or action.shape[-1] != self.action_dim:
+            raise ValueError(
+                f"CriticEnsemble.batched: expected obs (B, {self.obs_dim}) and action (B, {self.action_dim}), "
+                f"got {obs.shape} and {action.shape}."
+            )
+        mlp = self.mlp
+        dtype = mlp.dtype
+        h = jnp.concatenate([obs.astype(dtype), action.astype(dtype)], axis=-1)
+        for i, layer in enumerate(mlp.layers):
+            spec = "bi,koi->kbo" if i == 0 else "kbi,koi->kbo"
+            h = jnp.einsum(spec, h, layer.weight) + layer.bias[:, None, :]
+            if i == len(mlp.layers) - 1:
+                break
+            h = mlp.activation(h)
+            if mlp.layer_norm:  # eqx.nn.LayerNorm's arithmetic, per member and sample
+                norm = mlp.norms[i]
+                mean = jnp.mean(h, axis=-1, keepdims=True)
+                var = jnp.maximum(0.0, jnp.var(h, axis=-1, keepdims=True))
+                h = (h - mean) * jax.lax.rsqrt(var + norm.eps)
+                h = norm.weight[:, None, :].astype(dtype) * h + norm.bias[:, None, :]
+        return h[..., 0].T
+
+
 class OneStepPolicy(eqx.Module):
     r"""QAM-F's one-step policy $\mu(s, z) = \mathrm{MLP}([s, z])$: noise $z \sim \mathcal N(0, I)$ to an action
     chunk in one network call (the reference `ActorVectorField` with no time input)."""

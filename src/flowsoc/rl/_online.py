@@ -40,10 +40,19 @@ from .._checkpoint import CheckpointError, latest_checkpoint
 from .._driver import AbstractTrainer, Block, drive, Saved
 from .._logging import AbstractLogger, read_rows
 from ._agents import AbstractFlowAgent
-from ._buffers import _FIELDS, add_transitions, append_transitions, ReplayBuffer, sparsify_rewards, Transitions
+from ._buffers import (
+    _FIELDS,
+    add_transitions,
+    append_transitions,
+    overwrite_rows,
+    ReplayBuffer,
+    sparsify_rewards,
+    Transitions,
+)
 from ._envs import EnvRunner, make_env_runner
 from ._evaluate import agent_policy
 from ._pretrain import dataset_fingerprint
+from ._sharded import ShardedDataset
 from ._train import (
     check_block_multiples,
     check_eval_flows,
@@ -355,6 +364,22 @@ class OnlineTrainer(AbstractTrainer):
         self.seed = jnp.asarray(config.seed, jnp.uint32)
         self.act_key = jr.key(config.seed + 2)
         self.live_buffer: ReplayBuffer | None = None
+        self.shards: ShardedDataset | None = None  # set by `train_online` for sharded offline data
+        self.first_shard = 0  # the shard in the buffer at the phase's start
+        self.buffer_shard = 0  # the shard in the buffer's first rows now
+
+    def shard_for(self, env_step: int) -> int:
+        """The shard in the buffer's first rows during the block starting at `env_step` (the official rule: the
+        next shard every `interval` environment steps, continuing from the offline phase's last)."""
+        assert self.shards is not None
+        return self.shards.shard_at(env_step, self.first_shard)
+
+    def _rotate(self, buffer: ReplayBuffer, env_step: int) -> ReplayBuffer:
+        """`buffer` with its first rows replaced by the shard due at `env_step` (official main.py:436-453)."""
+        if self.shards is None or self.shard_for(env_step) == self.buffer_shard:
+            return buffer
+        self.buffer_shard = self.shard_for(env_step)
+        return overwrite_rows(buffer, self.shards.transitions(self.buffer_shard))
 
     def position(self, state):
         return state.env_step
@@ -365,7 +390,7 @@ class OnlineTrainer(AbstractTrainer):
 
     def block(self, state, n):
         cfg, collector = self.config, self.collector
-        agent, buffer = state.agent, state.buffer
+        agent, buffer = state.agent, self._rotate(state.buffer, state.env_step)
         collector.episodes_started, collector.policy_calls = state.episodes_started, state.policy_calls
         training = state.env_step >= cfg.start_training
         updates = cfg.utd * n
@@ -434,7 +459,11 @@ class OnlineTrainer(AbstractTrainer):
     def restore(self, agent, meta, folder, state):
         env_step = int(meta["env_step"])
         rows = _read_online_rows(folder, env_step)
-        buffer = ReplayBuffer.from_transitions(self.offline, self.capacity)
+        offline = self.offline
+        if self.shards is not None:
+            self.buffer_shard = self.shard_for(env_step)
+            offline = self.shards.transitions(self.buffer_shard)
+        buffer = ReplayBuffer.from_transitions(offline, self.capacity)
         if env_step:
             buffer = add_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
         self.offline_steps = int(meta["offline_steps"])
@@ -473,7 +502,7 @@ class OnlineTrainer(AbstractTrainer):
 
 def train_online(
     agent: AbstractFlowAgent,
-    offline: Transitions,
+    offline: Transitions | ShardedDataset,
     config: OnlineConfig,
     env_factory: Callable[[], Any],
     *,
@@ -490,7 +519,20 @@ def train_online(
     Metric rows go to `run_dir/metrics.jsonl` after the offline phase's, at step
     `offline updates + environment steps` (the reference's logging step); the figure marks where
     the online phase starts. `resume=True` continues from the newest online checkpoint.
+
+    With a [`flowsoc.rl.ShardedDataset`][], the buffer starts from the shard the offline phase ended on, and every
+    `offline.interval` environment steps its first rows are overwritten by the next shard (the official rule);
+    the shards must have the same size.
     """
+    shards = None
+    if isinstance(offline, ShardedDataset):
+        if len(set(offline.sizes)) > 1:
+            raise ValueError(
+                f"the shards hold {min(offline.sizes)} to {max(offline.sizes)} transitions: the online phase "
+                "overwrites the replay buffer's first rows with each next shard, which needs shards of one size."
+            )
+        shards = offline
+        offline = shards.transitions(shards.shard_at(int(agent.step)))
     if not isinstance(offline, Transitions):
         raise TypeError(f"offline must be a flowsoc.rl.Transitions, got {type(offline).__name__}.")
     directory = None if run_dir is None else pathlib.Path(run_dir)
@@ -503,7 +545,7 @@ def train_online(
         )
     meta = {
         **run_meta(agent, config, info or {}),
-        "offline_data": dataset_fingerprint(offline),
+        "offline_data": dataset_fingerprint(offline if shards is None else shards),
         "num_envs": config.num_envs,
         "utd": config.utd,
         "steps_per_dispatch": config.steps_per_dispatch,
@@ -521,6 +563,9 @@ def train_online(
         collector = Collector(runner, config.seed, reward_fn=sparsify_rewards if sparse else None)
         title = " · ".join(str(v) for v in (info or {}).values())
         trainer = OnlineTrainer(offline, config, meta, evaluator, offline_steps, capacity, collector, title)
+        if shards is not None:
+            trainer.shards = shards
+            trainer.first_shard = trainer.buffer_shard = shards.shard_at(offline_steps)
         result = drive(
             trainer,
             state,

@@ -132,7 +132,10 @@ class BCPretrainer(eqx.Module):
 
 
 def dataset_fingerprint(data: Transitions) -> dict:
-    """The dataset's size and a SHA-256 of its observations and actions: what a BC checkpoint was trained on."""
+    """The dataset's size and a SHA-256 of its observations and actions: what a BC checkpoint was trained on (a
+    `ShardedDataset`'s own `fingerprint()`: its files' names, sizes and checksums)."""
+    if hasattr(data, "fingerprint"):
+        return data.fingerprint()
     digest = hashlib.sha256()
     for array in (data.observations, data.actions):
         digest.update(np.ascontiguousarray(np.asarray(array)).tobytes())
@@ -162,7 +165,9 @@ def pretrain_behaviour(
     from ._train import load_agent_checkpoint, read_checkpoint_meta, train_offline
 
     directory = pathlib.Path(directory)
-    obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
+    from ._sharded import data_widths
+
+    obs_dim, action_dim = data_widths(data)
     trainer = BCPretrainer.create(jr.key(train_config.seed), obs_dim, action_dim, config)
     ckpt = directory / "checkpoint"
     fingerprint = dataset_fingerprint(data)

@@ -43,7 +43,9 @@ from ._buffers import Transitions
 from ._config import AgentConfig
 from ._custom_types import SeedEvaluator
 from ._pretrain import dataset_fingerprint
+from ._sharded import ShardedDataset
 from ._train import (
+    block_data,
     check_dataset,
     drive_offline,
     finish_block,
@@ -398,7 +400,8 @@ class SeedsTrainer(AbstractTrainer):
         step = self.position(agents)
 
         def dispatch():
-            new, metrics = fused_updates_seeds(agents, self.data, self.seed_array, n, self.config.batch_size)
+            data = block_data(self.data, step, n)
+            new, metrics = fused_updates_seeds(agents, data, self.seed_array, n, self.config.batch_size)
             return new, to_host(metrics)
 
         new, metrics, what = finish_block(dispatch, step, n)
@@ -413,7 +416,8 @@ class SeedsTrainer(AbstractTrainer):
 
     def locate(self, agents, n, problem):
         step = self.position(agents)
-        return _locate(agents, self.local_data, self.seeds, self._metrics, step, n, self.config.batch_size)
+        data = block_data(self.local_data, step, n)
+        return _locate(agents, data, self.seeds, self._metrics, step, n, self.config.batch_size)
 
     def evaluate(self, agents, position):
         if self.evaluator is None:
@@ -477,7 +481,12 @@ def train_offline_seeds(
     `learning_curve.png` shows the mean over seeds. With `mesh` (`seed_mesh()`), the seed axis is
     sharded over its devices and the dataset replicated on each.
     """
-    check_dataset(data, agents.config.horizon, config.batch_size)
+    check_dataset(data, agents.config.horizon, config.batch_size, steps_per_dispatch=config.steps_per_dispatch)
+    if mesh is not None and isinstance(data, ShardedDataset):
+        raise ValueError(
+            "train_offline_seeds: a ShardedDataset trains on one device (its shards are read onto the default "
+            "device); leave mesh=None, or load the data as Transitions."
+        )
     seeds = [int(s) for s in seeds]
     if len(seeds) != num_seeds(agents) or len(set(seeds)) != len(seeds):
         raise ValueError(

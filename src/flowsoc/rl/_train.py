@@ -39,6 +39,7 @@ from .._logging import AbstractLogger, MetricsLog
 from ._buffers import ReplayBuffer, sample_chunks, Transitions
 from ._custom_types import Agent, Evaluator
 from ._pretrain import dataset_fingerprint
+from ._sharded import ShardedDataset
 
 
 NonFiniteLossError = NonFiniteError
@@ -427,7 +428,14 @@ class OfflineTrainer(AbstractTrainer):
     identity_keys = CHECKED_KEYS
     resume_flag = "--resume"
 
-    def __init__(self, data: Transitions, config: TrainConfig, meta: dict, evaluator: Evaluator | None, title: str):
+    def __init__(
+        self,
+        data: Transitions | ShardedDataset,
+        config: TrainConfig,
+        meta: dict,
+        evaluator: Evaluator | None,
+        title: str,
+    ):
         self.data, self.config, self.meta, self.evaluator, self.title = data, config, meta, evaluator, title
         self.seed = jnp.asarray(config.seed, jnp.uint32)  # traced: one compilation serves every seed
 
@@ -436,8 +444,9 @@ class OfflineTrainer(AbstractTrainer):
 
     def block(self, agent, n):
         step = int(agent.step)
+        data = block_data(self.data, step, n)
         new, metrics, what = finish_block(
-            lambda: fused_updates(agent, self.data, self.seed, n, self.config.batch_size), step, n
+            lambda: fused_updates(agent, data, self.seed, n, self.config.batch_size), step, n
         )
         if what is not None:
             return Block(agent, [], what)
@@ -475,9 +484,30 @@ class OfflineTrainer(AbstractTrainer):
             )
 
 
-def check_dataset(data: Any, horizon: int, batch_size: int | None = None, name: str = "data") -> None:
-    """Refuse anything but `Transitions` with at least one chunk of `horizon` steps; warn when a batch
-    holds more chunks than the dataset has transitions (each batch then repeats chunks)."""
+def block_data(data: Transitions | ShardedDataset, step: int, n: int):
+    """What updates `step ... step + n - 1` sample from: `data` itself, or the current shard of a
+    `ShardedDataset` (read in the background while the previous one trained)."""
+    return data.data_at(step, n) if isinstance(data, ShardedDataset) else data
+
+
+def check_dataset(
+    data: Any, horizon: int, batch_size: int | None = None, name: str = "data", steps_per_dispatch: int | None = None
+) -> None:
+    """Refuse anything but `Transitions` or a `ShardedDataset` with at least one chunk of `horizon` steps (in
+    every shard, whose interval must hold whole blocks of `steps_per_dispatch`); warn when a batch holds more
+    chunks than the dataset has transitions (each batch then repeats chunks)."""
+    if isinstance(data, ShardedDataset):
+        small = [(name, n) for name, n in zip(data.names, data.sizes) if n < horizon]
+        if small:
+            raise ValueError(
+                f"shard {small[0][0]} has {small[0][1]} transitions, fewer than the chunk length {horizon}."
+            )
+        if steps_per_dispatch is not None and data.interval % steps_per_dispatch:
+            raise ValueError(
+                f"TrainConfig: steps_per_dispatch={steps_per_dispatch} must divide the shard interval {data.interval} "
+                "(a fused block of updates samples from one shard); change one of them."
+            )
+        return
     if not isinstance(data, Transitions):
         raise TypeError(f"{name} must be a flowsoc.rl.Transitions, got {type(data).__name__}.")
     if data.size < horizon:
@@ -520,7 +550,7 @@ def plotted_kl_budget(meta: dict) -> float | None:
 
 def train_offline(
     agent: Agent,
-    data: Transitions,
+    data: Transitions | ShardedDataset,
     config: TrainConfig,
     *,
     evaluator: Evaluator | None = None,
@@ -538,8 +568,11 @@ def train_offline(
     at the end and on Ctrl-C; `resume=True` continues from `run_dir/checkpoint` exactly, drawing the
     same batches as an uninterrupted run (and refuses a checkpoint of other data or settings). `info` is
     stored in the checkpoint's metadata; `loggers` receive every row (e.g. TensorBoard).
+
+    `data` may be a [`flowsoc.rl.ShardedDataset`][]: update `s` then samples from its shard
+    `(s // data.interval) % shards`, a pure function of the step (a resumed run continues on the same shard).
     """
-    check_dataset(data, agent.config.horizon, config.batch_size)
+    check_dataset(data, agent.config.horizon, config.batch_size, steps_per_dispatch=config.steps_per_dispatch)
     meta = {**run_meta(agent, config, info or {}), "data": dataset_fingerprint(data)}
     trainer = OfflineTrainer(data, config, meta, evaluator, " · ".join(str(v) for v in (info or {}).values()))
     result = drive_offline(trainer, agent, config, run_dir=run_dir, resume=resume, loggers=loggers)

@@ -164,7 +164,8 @@ def test_plan_bc_pretraining_paper_protocols():
     assert trqam.pretrain.steps == 300_000 and trqam.pretrain.batch_size == 256
     assert trqam.pretrain.steps_per_dispatch == 500 and trqam.pretrain.checkpoint_every == 30_000
     assert trqam.agent_config.actor_hidden == (1024,) * 4 and trqam.agent_config.actor_layer_norm
-    assert trqam.bc_dir.name == f"{env}-h5-1024x1024x1024x1024-ln-300000steps-b256-seed0"
+    # The paper preset trains cube-triple on its 10M-transition shards, so the BC cache is named after them too.
+    assert trqam.bc_dir.name == f"{env}-cube-triple-play-10m-v0-h5-1024x1024x1024x1024-ln-300000steps-b256-seed0"
     qam = plan(OfflineArgs(preset="paper", env=env, agent="qam", run_dir="r"))
     assert qam.pretrain is None and qam.bc_dir is None
     assert qam.agent_config.actor_hidden == (512,) * 4 and qam.agent_config.critic_hidden == (512,) * 4
@@ -300,7 +301,7 @@ def test_flag_message_maps_config_fields_to_flags_only_when_a_flag_sets_them():
     [
         (["--preset", "fast"], "error: --preset fast: choose small or paper."),
         (["--preset=fast"], "error: --preset fast: choose small or paper."),
-        (["--agent", "sac"], "error: --agent sac: choose trqam, qam, bam, qame or qamf."),
+        (["--agent", "sac"], "error: --agent sac: choose trqam, qam, bam, qame, qamf or sqam."),
         (["--protocol", "official"], "error: --protocol official: choose qam or trqam."),
         (["--logger", "tensorboard", "mlflow"], "error: --logger mlflow: choose tensorboard or wandb."),
         (["--stpes", "5"], "error: Unrecognized options: --stpes, 5; did you mean --steps? (see --help)"),

@@ -8,7 +8,14 @@ import re
 import pytest
 
 from flowsoc.rl import AgentConfig
-from flowsoc.rl.ogbench._presets import AGENTS, BC_PRETRAIN_STEPS, domain_preset, paper_preset, PAPER_PRESETS
+from flowsoc.rl.ogbench._presets import (
+    AGENTS,
+    BC_PRETRAIN_STEPS,
+    domain_preset,
+    paper_preset,
+    PAPER_PRESETS,
+    SQAM_SOURCE,
+)
 
 
 NEEDS_ADJOINT_FIELDS = pytest.mark.skipif(
@@ -115,10 +122,16 @@ def test_every_setting_has_a_source_and_the_lean_adjoint_convention():
                 p = paper_preset(domain, agent, protocol)
                 assert p.settings["adjoint_base_time"] == "next" and p.settings["adjoint_final_ode_step"] is False
                 for name in (*p.settings, "sparse", "pretrain_steps", "dataset"):  # each cites a file and line
+                    if p.sources[name].startswith(SQAM_SOURCE):  # SQAM's own: its repository was not available
+                        assert agent == "sqam" and name in ("bridge_states", "value_penalty", "trust_region"), name
+                        continue
                     assert re.search(r"\b(qam|trqam) [\w/.]+:L\d+", p.sources[name]), (domain, agent, protocol, name)
                 fields = 9 - 1 if "trust_region" in p.settings else 0  # the trust region: a row per DualDescent field
                 assert p.table().count("\n") == len(p.settings) + fields + 3
                 for name in p.sources:  # ... and each trust-region field, too
+                    if p.sources[name].startswith(SQAM_SOURCE):
+                        assert (agent, name) == ("sqam", "trust_region.kl_budget") or name in p.settings, name
+                        continue
                     assert re.search(r"\b(qam|trqam) [\w/.]+:L\d+", p.sources[name]), (domain, agent, protocol, name)
 
 
@@ -180,7 +193,7 @@ def test_bad_names_are_one_clear_line():
         (lambda: domain_preset("cheetah"), "no preset for 'cheetah'"),
         (
             lambda: domain_preset("scene").agent_settings("sac"),
-            "unknown agent 'sac': choose one of 'trqam', 'qam', 'bam', 'qame', 'qamf'.",
+            "unknown agent 'sac': choose one of 'trqam', 'qam', 'bam', 'qame', 'qamf', 'sqam'.",
         ),
         (lambda: paper_preset("scene", "qam", protocol="iql"), "unknown protocol 'iql'"),
         (lambda: AgentConfig.paper("scene", "sac"), "unknown agent 'sac'"),
@@ -231,3 +244,22 @@ def test_qam_e_and_qam_f_presets_are_the_qam_sweep_with_sources():
     assert paper_preset("pointmaze-large-navigate-v0", "qamf").settings["fql_alpha"] == 30  # as antmaze-large
     assert AgentConfig.paper("puzzle-4x4", "qame").edit_scale == 0.9
     assert "not in the TRQAM paper" in paper_preset("scene", "qamf", "trqam").sources["pretrain_steps"]
+
+
+def test_sqam_presets_trqam_protocol_budget_penalty_and_reported_numbers():
+    """SQAM runs under the TRQAM protocol with ε = 0.5, 10 bridge states and c = 0.3 (0 on cube-double), TRQAM's
+    trust region otherwise; its published numbers sit beside the presets (the "all" column is their mean)."""
+    from flowsoc.rl.ogbench import QAME_REPORTED_TRQAM, SQAM_REPORTED
+
+    for domain in PAPER_PRESETS:
+        p = paper_preset(domain, "sqam")
+        trqam = paper_preset(domain, "trqam")
+        assert p.protocol == "trqam" and p.pretrain_steps == trqam.pretrain_steps
+        config = p.agent_config()
+        assert config.trust_region == dataclasses.replace(trqam.agent_config().trust_region, kl_budget=0.5)
+        assert config.bridge_states == 10 and config.value_penalty == (0.0 if domain == "cube-double" else 0.3)
+        assert "sqam" in p.sources["value_penalty"] and "sqam" in p.sources["trust_region.kl_budget"]
+    for reported in (SQAM_REPORTED, QAME_REPORTED_TRQAM):
+        assert set(reported) == {*PAPER_PRESETS, "all"}
+        mean = sum(v for k, v in reported.items() if k != "all") / 10
+        assert abs(mean - reported["all"]) <= 0.5 + 1e-9, mean

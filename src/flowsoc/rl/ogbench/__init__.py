@@ -2,7 +2,7 @@
 private, as in `equinox.nn`).
 
 - datasets: find, generate (with OGBench's own environments and scripted oracles), validate and load
-  the official files;
+  the official files, and the large ones (10M, 100M transitions) as folders of shards (`open_shards`);
 - environments and the evaluators the examples use;
 - presets: the official QAM and TRQAM runs' settings, each value with its source;
 - the examples' command-line engine (`run_offline`, `run_offline_to_online`);
@@ -23,6 +23,7 @@ from ._data import (
 from ._datagen import (
     generate as generate,
     GeneratedDataset as GeneratedDataset,
+    GeneratedShards as GeneratedShards,
     GenerateOptions as GenerateOptions,
     maze_stats as maze_stats,
 )
@@ -74,6 +75,15 @@ from ._presets import (
     PAPER_PRESETS as PAPER_PRESETS,
     PaperPreset as PaperPreset,
     QAM_SOURCE as QAM_SOURCE,
+    QAME_REPORTED_TRQAM as QAME_REPORTED_TRQAM,
+    SQAM_REPORTED as SQAM_REPORTED,
+    SQAM_SOURCE as SQAM_SOURCE,
     TRQAM_SOURCE as TRQAM_SOURCE,
 )
 from ._sac import SAC as SAC, sac_updates as sac_updates, SACConfig as SACConfig, TanhGaussianActor as TanhGaussianActor
+from ._shards import (
+    check_shard_folder as check_shard_folder,
+    load_shard as load_shard,
+    open_shards as open_shards,
+    shard_files as shard_files,
+)

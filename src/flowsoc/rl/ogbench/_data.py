@@ -250,14 +250,30 @@ def validate_dataset_file(path: str | os.PathLike, name: str | None = None) -> d
     **Raises:** `DatasetError` naming the file, the problem and the fix.
     """
     path = Path(path)
-    if not path.exists():
-        raise DatasetNotFoundError(f"{path}: no such file.")
+    arrays = read_dataset_arrays(path, name)
+    return check_dataset_arrays(path, arrays)
+
+
+def required_keys(name: str | None) -> list[str]:
+    """The arrays a dataset file must hold for `name`: `observations`, `actions`, `terminals`, and `qpos` (plus
+    `button_states` for puzzle and scene) for single-task and oraclerep names."""
     parsed = parse_dataset_name(name) if name is not None else None
     required = ["observations", "actions", "terminals"]
     if parsed is not None and (parsed.singletask or parsed.oraclerep):
         required.append("qpos")
         if parsed.domain in ("puzzle", "scene"):
             required.append("button_states")
+    return required
+
+
+def read_dataset_arrays(path: Path, name: str | None = None, hint: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of the npz file `path`, refusing a missing file, a missing required array (`required_keys`) or
+    an unreadable (truncated, corrupt) file with a `DatasetError` naming it and `hint` (default: how to
+    regenerate it)."""
+    if not path.exists():
+        raise DatasetNotFoundError(f"{path}: no such file.")
+    required = required_keys(name)
+    hint = _regen_hint(path) if hint is None else hint
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)
@@ -265,40 +281,42 @@ def validate_dataset_file(path: str | os.PathLike, name: str | None = None) -> d
             if missing:
                 raise DatasetError(
                     f"{path}: missing array(s) {missing}; found {sorted(keys)}. This is not "
-                    f"an OGBench dataset file. {_regen_hint(path)}"
+                    f"an OGBench dataset file. {hint}"
                 )
-            arrays = {k: f[k] for k in sorted(keys)}
+            return {k: f[k] for k in sorted(keys)}
     except DatasetError:
         raise
     except _READ_ERRORS as e:
         raise DatasetError(
-            f"{path}: cannot read the npz file ({type(e).__name__}: {e}); it is truncated "
-            f"or corrupt. {_regen_hint(path)}"
+            f"{path}: cannot read the npz file ({type(e).__name__}: {e}); it is truncated or corrupt. {hint}"
         ) from e
+
+
+def check_dataset_arrays(path: Path, arrays: Mapping[str, np.ndarray], hint: str | None = None) -> dict[str, Any]:
+    """The checks of `validate_dataset_file` on arrays already read from `path` (see there); `hint`: what to do
+    (default: how to regenerate the file)."""
+    hint = _regen_hint(path) if hint is None else hint
 
     n = len(arrays["terminals"])
     lengths = {k: len(v) if v.ndim else -1 for k, v in arrays.items()}
     if any(length != n for length in lengths.values()):
         raise DatasetError(
-            f"{path}: arrays have mismatched lengths {lengths}; every array must have "
-            f"one row per step. {_regen_hint(path)}"
+            f"{path}: arrays have mismatched lengths {lengths}; every array must have one row per step. {hint}"
         )
     if n == 0:
-        raise DatasetError(f"{path}: the dataset is empty. {_regen_hint(path)}")
+        raise DatasetError(f"{path}: the dataset is empty. {hint}")
     for k, v in arrays.items():
         if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
             bad = np.argwhere(~np.isfinite(v))[0]
             raise DatasetError(
-                f"{path}: array {k!r} holds NaN or inf values (first at index "
-                f"{tuple(int(i) for i in bad)}). {_regen_hint(path)}"
+                f"{path}: array {k!r} holds NaN or inf values (first at index {tuple(int(i) for i in bad)}). {hint}"
             )
     term = arrays["terminals"]
     if not np.isin(term, (0, 1)).all():
-        raise DatasetError(f"{path}: 'terminals' must be 0/1. {_regen_hint(path)}")
+        raise DatasetError(f"{path}: 'terminals' must be 0/1. {hint}")
     if term[-1] != 1:
         raise DatasetError(
-            f"{path}: the last step is not terminal, so the final episode is cut off "
-            f"(a truncated file?). {_regen_hint(path)}"
+            f"{path}: the last step is not terminal, so the final episode is cut off (a truncated file?). {hint}"
         )
     obs, act = arrays["observations"], arrays["actions"]
     return dict(

@@ -24,6 +24,7 @@ ball, is not trained here).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -42,6 +43,8 @@ from ._datagen_recipes import (
     official_recipe,
     parse_dataset_name,
     require_generatable,
+    shard_file_name,
+    shard_recipe,
 )
 from ._datagen_rollout import GOALS_KEY, rollout_episode, RolloutConfig, worker_episode
 from ._dataset_files import (
@@ -102,6 +105,9 @@ class GenerateOptions:
     """Probability of a uniform random action (default: 0 for play, 0.1 noisy, 0.2 puzzle noisy)."""
     expert: Annotated[str | None, tyro.conf.arg(metavar="FILE", help_behavior_hint="")] = None
     """antmaze / humanoidmaze: the walking expert's actor.npz (default for antmaze: the shipped ant expert)."""
+    shards: Annotated[int | None, tyro.conf.arg(metavar="K", help_behavior_hint="")] = None
+    """Large datasets (NAME-10m-v0, ...): make only the first K shards (default: all; --episodes then counts
+    episodes per shard). Rerunning resumes at the first missing shard."""
     overwrite: bool = False
     """Regenerate even if both files exist (without it, files holding other data than asked for are refused)."""
     progress: bool = True
@@ -138,6 +144,18 @@ def check_options(options: GenerateOptions) -> None:
         "shortest that holds one (omit it for OGBench's length)",
     )
     at_least("--seed", options.seed, 0, "episode seeds are derived from it (numpy SeedSequence takes no sign)")
+    at_least("--shards", options.shards, 1, "how many of a large dataset's shards to make (omit it for all)")
+    sharded = parse_dataset_name(options.env).sharded
+    if options.shards is not None and not sharded:
+        raise OptionError(
+            f"--shards applies to large sharded datasets (a size before -v0, e.g. cube-triple-play-10m-v0); "
+            f"{options.env} is one file: drop --shards."
+        )
+    if options.out is not None and sharded:
+        raise OptionError(
+            f"--out names one file, but {options.env} is a folder of shards: give --data-dir DIR instead (the folder "
+            f"DIR/{options.env} is made)."
+        )
     for flag, value, high in (("--noise", options.noise, math.inf), ("--p-random-action", options.p_random_action, 1)):
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= high and math.isfinite(value)):
             bound = "a probability in [0, 1]" if high == 1 else "a finite number >= 0"
@@ -213,7 +231,7 @@ def rollout_config(
             f"--p-random-action applies to manipulation datasets only; {parsed.file_stem}'s randomness is its "
             "action noise: use --noise (the noise's standard deviation) instead."
         )
-    recipe = official_recipe(parsed)
+    recipe = shard_recipe(parsed).recipe if parsed.sharded else official_recipe(parsed)
     episodes = recipe.episodes if options.episodes is None else options.episodes
     val = max(1, episodes // 10) if options.val_episodes is None else options.val_episodes
     length = recipe.episode_length if options.episode_length is None else options.episode_length
@@ -243,15 +261,28 @@ def expert_file(parsed: DatasetName, expert: str | None) -> str | None:
     return str(SHIPPED[name]) if name in SHIPPED else str(Path(name).expanduser().resolve())
 
 
-def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
+def _episodes(
+    cfg: RolloutConfig, total: int, workers: int, shard: int | None = None, pool: Any = None
+) -> Iterator[dict[str, np.ndarray]]:
     """
-    Episodes 0..total-1 in order, from `workers` processes (in-process when workers ==
-    1).
+    Episodes 0..total-1 (of shard `shard`, or of a standard file) in order, from `workers` processes (in-process
+    when workers == 1; `pool`: a running pool of `_worker_pool` to use instead of starting one).
     """
     if workers == 1:
         for i in range(total):
-            yield rollout_episode(cfg, i)
+            yield rollout_episode(cfg, i, shard)
         return
+    if pool is None:
+        with _worker_pool(min(workers, total)) as own:
+            yield from _episodes(cfg, total, workers, shard, own)
+        return
+    for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j, shard) for j in range(total)))):
+        assert episode == i
+        yield arrays
+
+
+def _worker_pool(workers: int) -> Any:
+    """A pool of `workers` rollout processes."""
     import multiprocessing
 
     from ._datagen_rollout import exit_with_parent
@@ -259,10 +290,7 @@ def _episodes(cfg: RolloutConfig, total: int, workers: int) -> Iterator[dict[str
     ctx = multiprocessing.get_context(_start_method())
     # Pool workers are daemons (ended when this process exits normally); `exit_with_parent` also ends them
     # when it is killed outright (kill -9), instead of leaving them to finish their episode.
-    with ctx.Pool(min(workers, total), initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
-        for i, (episode, arrays) in enumerate(pool.imap(worker_episode, ((cfg, j) for j in range(total)))):
-            assert episode == i
-            yield arrays
+    return ctx.Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
 
 
 def _start_method() -> str:
@@ -280,9 +308,24 @@ def _concat(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
 
 
+def savez_reproducible(file: Any, arrays: Mapping[str, Any]) -> None:
+    """`np.savez_compressed` with a fixed time stamp on every member (numpy stamps the current time): the same
+    arrays give the same bytes, so a regenerated or resumed dataset is byte-identical to an uninterrupted one."""
+    import zipfile
+
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+
+
 def atomic_savez(path: Path, arrays: Mapping[str, Any]) -> None:
     """
-    `np.savez_compressed` to a temporary file in the same directory, then `os.replace`.
+    `np.savez_compressed` (reproducibly, `savez_reproducible`) to a temporary file in the same directory, then
+    `os.replace`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)  # `.NAME.PID.RANDOM.tmp.npz`: a killed writer's leftover is recognised by its PID
@@ -290,7 +333,7 @@ def atomic_savez(path: Path, arrays: Mapping[str, Any]) -> None:
         # Created with mode 0666 less the umask (0644 under 022), as `open` does; unlike `tempfile.mkstemp`'s
         # 0600, which the rename would keep.
         with open(tmp, "xb") as f:
-            np.savez_compressed(f, **arrays)
+            savez_reproducible(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -299,13 +342,16 @@ def atomic_savez(path: Path, arrays: Mapping[str, Any]) -> None:
         raise
 
 
-def generate(options: GenerateOptions) -> GeneratedDataset:
-    """Generate the dataset described by `options`; return the paths and step counts.
+def generate(options: GenerateOptions) -> GeneratedDataset | GeneratedShards:
+    """Generate the dataset described by `options`; return the paths and step counts (for a large dataset,
+    `NAME-10m-v0`, its folder and shards: `generate_shards`).
 
     Raises `UnknownDatasetError` / `UnsupportedDatasetError` (subclasses of
     `DatasetError`) for names that are not OGBench datasets or cannot be generated here.
     """
     parsed, cfg, n_train, n_val = rollout_config(options)
+    if parsed.sharded:
+        return generate_shards(options, parsed, cfg, n_train, n_val)
     train_path, val_path = output_paths(options)
     meta_path = record_path(train_path)
     # A generator killed mid-write (kill -9) leaves its temporary files; remove those of dead writers.
@@ -379,6 +425,133 @@ def generate(options: GenerateOptions) -> GeneratedDataset:
         seconds,
         False,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedShards:
+    """What `generate` wrote for a large dataset: its folder, the shards made now and those found finished."""
+
+    folder: Path
+    shards: int  # shards of the dataset now present (the first `shards`)
+    made: int  # shards generated by this call (the others were already finished)
+    transitions: int  # training transitions generated by this call
+    seconds: float
+
+
+_RECORD_KEYS = ("episodes", "val_episodes", "episode_length", "seed", "noise", "p_random_action", "expert_sha256")
+"""What every shard of a folder shares: a resumed generation with other values is refused."""
+
+
+def shard_record_path(folder: Path) -> Path:
+    """A sharded dataset's generator record: `FOLDER/FOLDER.json` (beside the shards; upstream's readers glob
+    `*.npz` only)."""
+    return folder / f"{folder.name}.json"
+
+
+def generate_shards(
+    options: GenerateOptions, parsed: DatasetName, cfg: RolloutConfig, n_train: int, n_val: int
+) -> GeneratedShards:
+    """Generate the large dataset `parsed` shard by shard into `DATA_DIR/<name>/`, in upstream's layout: shard `i`
+    is `<stem>-<i:03d>.npz` with `n_train` episodes and `<stem>-<i:03d>-val.npz` with `n_val` more, every episode
+    seeded from `(seed, i, episode)` alone. A shard appears atomically (validation file first, the training file
+    last); finished shards are never regenerated, so a stopped generation resumes at its first missing shard."""
+    from tqdm.auto import tqdm
+
+    folder = data_dir(options.data_dir) / parsed.file_stem
+    total = shard_recipe(parsed).shards if options.shards is None else options.shards
+    record_path = shard_record_path(folder)
+    expert_sha = None if cfg.expert is None else _sha256(cfg.expert)
+    settings = dict(
+        episodes=n_train,
+        val_episodes=n_val,
+        episode_length=cfg.episode_length,
+        seed=cfg.seed,
+        noise=cfg.noise,
+        p_random_action=cfg.p_random_action,
+        expert_sha256=expert_sha,
+    )
+    names = [shard_file_name(parsed, i) for i in range(total)]
+    paths = [(folder / n, folder / n.replace(".npz", "-val.npz")) for n in names]
+    remove_stale_temporaries(record_path, *(p for pair in paths for p in pair))
+    if options.overwrite:
+        for pair in paths:
+            for p in pair:
+                p.unlink(missing_ok=True)
+    elif record_path.exists():
+        try:
+            saved = json.loads(record_path.read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            saved = {}
+        differ = [k for k in _RECORD_KEYS if k in saved and saved[k] != settings[k]]
+        if differ:
+            from ._dataset_files import DatasetMismatchError
+
+            what = ", ".join(f"{k.replace('_', ' ')} {saved[k]} (asked: {settings[k]})" for k in differ)
+            raise DatasetMismatchError(
+                f"{folder} holds shards made with {what}; every shard of a dataset is made alike. Pass --overwrite "
+                "to regenerate every shard, or write elsewhere (another --data-dir)."
+            )
+    todo = [i for i, (train, val) in enumerate(paths) if not (train.exists() and val.exists())]
+    record = dict(
+        dataset=parsed.file_stem,
+        generator="flowsoc.rl.datagen",
+        layout=f"{parsed.shard_stem}-NNN.npz (+ -val.npz), upstream's per-shard generation commands",
+        shards=total,
+        settings=settings,
+        options=dataclasses.asdict(options),
+        resolved=dataclasses.asdict(cfg),
+        versions=_versions(),
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(record_path, record)
+    per_shard = (n_train + n_val) * (cfg.episode_length - 1)
+    bar = tqdm(
+        total=len(todo) * per_shard,
+        unit="transition",
+        unit_scale=True,
+        desc=f"{parsed.file_stem} ({options.workers} worker(s))",
+        disable=not options.progress,
+        file=sys.stderr,
+    )
+    start, made = time.perf_counter(), 0
+    workers = min(options.workers, n_train + n_val)
+    with bar, contextlib.ExitStack() as stack:
+        pool = stack.enter_context(_worker_pool(workers)) if workers > 1 else None
+        for done, i in enumerate(todo):
+            bar.set_postfix_str(f"shard {i + 1}/{total} ({done} of {len(todo)} to make done)")
+            episodes = []
+            for arrays in _episodes(cfg, n_train + n_val, workers, shard=i, pool=pool):
+                arrays.pop(GOALS_KEY, None)
+                episodes.append(arrays)
+                bar.update(len(arrays["terminals"]) - 1)
+            train_path, val_path = paths[i]
+            atomic_savez(val_path, _concat(episodes[n_train:]))  # the training file, written last, marks it done
+            atomic_savez(train_path, _concat(episodes[:n_train]))
+            made += 1
+    seconds = time.perf_counter() - start
+    transitions = made * n_train * (cfg.episode_length - 1)
+    if made:
+        rate = made * per_shard / max(seconds, 1e-9)
+        _write_json(
+            record_path,
+            {
+                **record,
+                "last_run": dict(
+                    shards_made=made, seconds=round(seconds, 2), transitions_per_s=round(rate, 1), workers=workers
+                ),
+            },
+        )
+    return GeneratedShards(folder, total, made, transitions, seconds)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def maze_stats(path: str | os.PathLike, env_id: str | None = None) -> dict[str, Any]:
@@ -477,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the file system failed us (disk full, permissions changed mid-run)
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
-    print(location_line(result))
+    print(location_line(result) if isinstance(result, GeneratedDataset) else shards_line(result))
     return 0
 
 
@@ -493,6 +666,19 @@ def location_line(result: GeneratedDataset) -> str:
     return (
         f"{where} (generated in {result.seconds:.1f} s: {result.train_path.name} {result.train_steps} steps, "
         f"{result.val_path.name} {result.val_steps} steps, {steps / max(result.seconds, 1e-9):.0f} steps/s)"
+    )
+
+
+def shards_line(result: GeneratedShards) -> str:
+    """One line for a large dataset: `dataset cube-triple-play-10m-v0 in /data: 10 shards (3 generated in 812.4 s,
+    1,231 transitions/s; 7 were already finished)`."""
+    where = f"dataset {result.folder.name} in {result.folder.parent}: {result.shards} shard(s)"
+    if not result.made:
+        return f"{where} (all already finished; --overwrite regenerates them)"
+    rate = result.transitions / max(result.seconds, 1e-9)
+    kept = result.shards - result.made
+    return f"{where} ({result.made} generated in {result.seconds:.1f} s, {rate:,.0f} training transitions/s" + (
+        f"; {kept} were already finished)" if kept else ")"
     )
 
 

@@ -58,7 +58,8 @@ SUPPORTED_HELP = (
     "Dataset names read <domain>-<type>[-singletask-task1..5]-v0, e.g. cube-double-play-singletask-task2-v0; "
     "generated here for the domains cube-{single,double,triple,quadruple}, scene, puzzle-{3x3,4x4,4x5,4x6} "
     "(types play, noisy), pointmaze-{medium,large,giant,teleport}, antmaze-{medium,large,giant,teleport} and "
-    "humanoidmaze-{medium,large,giant} (types navigate, stitch; antmaze also explore). "
+    "humanoidmaze-{medium,large,giant} (types navigate, stitch; antmaze also explore); large sharded datasets put "
+    "their size before -v0 (cube-triple-play-10m-v0, cube-quadruple-play-100m-v0). "
     "Every dataset, what it needs and its size: python -m flowsoc.rl.datagen --list"
 )
 """The end of every unknown-name message: the name format with a real example, the domains generated here
@@ -98,10 +99,29 @@ class DatasetName:
     file_stem: str  # official data file name without ".npz": "cube-double-play-v0"
     task: int | None  # None: goal-conditioned; else the single task (bare "singletask" -> default)
     oraclerep: bool
+    size: str = ""  # a large sharded dataset's size ("10m", "100m", "1b"), "" for a standard file
 
     @property
     def singletask(self) -> bool:
         return self.task is not None
+
+    @property
+    def sharded(self) -> bool:
+        """A large dataset (`cube-triple-play-10m-v0`): a folder of shard files, not one file."""
+        return bool(self.size)
+
+    @property
+    def shard_stem(self) -> str:
+        """The stem of a sharded dataset's files: `cube-triple-play-v0` (files `cube-triple-play-v0-000.npz`, ...
+        in the folder `cube-triple-play-10m-v0`); the file stem itself for a standard dataset."""
+        return self.file_stem.replace(f"-{self.size}-", "-") if self.size else self.file_stem
+
+    @property
+    def transitions(self) -> int | None:
+        """A sharded dataset's nominal size in transitions (`10m`: 10,000,000), `None` for a standard file."""
+        if not self.size:
+            return None
+        return int(self.size[:-1]) * {"m": 10**6, "b": 10**9}[self.size[-1]]
 
     @property
     def sparse_default(self) -> bool:
@@ -208,6 +228,9 @@ def parse_dataset_name(name: str) -> DatasetName:
     elif body and body[-1] == "oraclerep":
         oraclerep = True
         body = body[:-1]
+    size = ""
+    if task is None and not oraclerep and body and re.fullmatch(r"[1-9][0-9]*[mb]", body[-1]):
+        size, body = body[-1], body[:-1]  # a large sharded dataset: cube-triple-play-10m-v0
 
     grammar = _GRAMMAR.get(body[0]) if body else None
     ok = False
@@ -242,9 +265,10 @@ def parse_dataset_name(name: str) -> DatasetName:
         variant=variant,
         dataset_type=dtype,
         env_id="-".join(family + ["v0"]),
-        file_stem="-".join(family + [dtype, "v0"]),
+        file_stem="-".join(family + [dtype] + ([size] if size else []) + ["v0"]),
         task=task,
         oraclerep=oraclerep,
+        size=size,
     )
 
 
@@ -287,6 +311,38 @@ def official_recipe(parsed: DatasetName) -> Recipe:
         return Recipe(episodes, 1001, 0.0, 0.1, "plan")
     p_random = 0.2 if parsed.domain == "puzzle" else 0.1
     return Recipe(episodes, 1001, p_random, 0.1, "markov")
+
+
+SHARD_TRANSITIONS = 1_000_000
+"""Transitions per shard of a large dataset: upstream writes one file of about 1M transitions per generation
+command (`--num_episodes=1000 --max_episode_steps=1001`; antmaze-giant 500 x 2001; humanoidmaze-giant 1000 x 4001,
+4M)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRecipe:
+    """How upstream makes a large dataset: `shards` files of `recipe.episodes` episodes each (shard `i` is one
+    generation command with `--seed=i`; each also writes `episodes // 10` validation episodes beside it)."""
+
+    shards: int
+    recipe: Recipe
+
+
+def shard_recipe(parsed: DatasetName) -> ShardRecipe:
+    """The upstream recipe of the large dataset `parsed` (`cube-triple-play-100m-v0`: 100 shards of 1000 episodes
+    of 1001 steps, horizon-reduction README; `antmaze-giant-navigate-10m-v0`: 10 of 500 x 2001, trqam README)."""
+    assert parsed.sharded and parsed.transitions is not None
+    recipe = official_recipe(dataclasses.replace(parsed, size=""))
+    if parsed.domain in ("cube", "scene", "puzzle"):
+        recipe = dataclasses.replace(recipe, episodes=1000)  # 1M per shard (the 1M files of triple etc. hold 3M+)
+    per_shard = recipe.episodes * (recipe.episode_length - 1)
+    return ShardRecipe(max(1, parsed.transitions // per_shard), recipe)
+
+
+def shard_file_name(parsed: DatasetName, index: int) -> str:
+    """Shard `index`'s file name inside the dataset's folder: `cube-triple-play-v0-003.npz` (upstream's
+    `seq -w 0 999` numbering; its validation file is `...-003-val.npz`)."""
+    return f"{parsed.shard_stem}-{index:03d}.npz"
 
 
 # --------------------------------------------------------------------------------------
@@ -378,6 +434,9 @@ def dataset_listing(directory: str | os.PathLike) -> str:
         "size (they are stored compressed).",
         "humanoidmaze: train the expert first, `python -m flowsoc.rl.experts --expert humanoid --out DIR` (days on "
         "a CPU, best on a GPU), then pass --expert DIR/actor.npz.",
+        "Large datasets (a folder of ~1M-transition shards, upstream's layout): put the size before -v0, e.g. "
+        "cube-triple-play-10m-v0, puzzle-4x4-play-10m-v0, antmaze-giant-navigate-10m-v0, cube-quadruple-play-100m-v0 "
+        "(--shards K makes only the first K; a stopped generation resumes at its first missing shard).",
         "Not generated here: antsoccer-{arena,medium}-{navigate,stitch}-v0 (needs a second expert, an ant "
         "dribbling a ball), powderworld-*, visual-* (rendering is too slow on a CPU) and cube-octuple; copy "
         f"OGBench's official NAME.npz and NAME-val.npz into {directory} instead.",

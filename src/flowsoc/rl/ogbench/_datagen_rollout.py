@@ -143,9 +143,11 @@ def _state(cfg: RolloutConfig) -> dict[str, Any]:
     return _STATE
 
 
-def _seed_episode(env: Any, cfg: RolloutConfig, episode: int, attempt: int) -> int:
-    """Seed every random source an episode touches; returns the env's reset seed."""
-    words = np.random.SeedSequence([cfg.seed, episode, attempt]).generate_state(4)
+def _seed_episode(env: Any, cfg: RolloutConfig, episode: int, attempt: int, shard: int | None = None) -> int:
+    """Seed every random source an episode touches; returns the env's reset seed. A shard's episodes take the
+    shard as SeedSequence's spawn key: `(seed, shard, episode)` alone, never colliding with a standard file's."""
+    spawn = () if shard is None else (shard,)
+    words = np.random.SeedSequence([cfg.seed, episode, attempt], spawn_key=spawn).generate_state(4)
     np.random.seed(words)  # OGBench's oracles and maze noise draw from numpy's global generator
     env_seed = int(words[0])
     space = env.unwrapped.action_space
@@ -170,9 +172,11 @@ def _pack(steps: dict[str, list]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in steps.items()}
 
 
-def _manip_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray] | None:
+def _manip_episode(
+    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int, shard: int | None = None
+) -> dict[str, np.ndarray] | None:
     env, oracles = st["env"], st["oracles"]
-    env_seed = _seed_episode(env, cfg, episode, attempt)
+    env_seed = _seed_episode(env, cfg, episode, attempt, shard)
     ob, info = env.reset(seed=env_seed)
     p_stack = _stack_probability(cfg.variant, cfg.domain)
     markov = cfg.dataset_type == "noisy"
@@ -245,10 +249,12 @@ def _cells_at_distance(maze: np.ndarray, start: tuple[int, int], distance: int) 
     return found
 
 
-def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int) -> dict[str, np.ndarray]:
+def _maze_episode(
+    cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt: int, shard: int | None = None
+) -> dict[str, np.ndarray]:
     env, free, vertices, actor = st["env"], st["free"], st["vertices"], st["actor"]
     u = env.unwrapped
-    env_seed = _seed_episode(env, cfg, episode, attempt)
+    env_seed = _seed_episode(env, cfg, episode, attempt, shard)
     init_ij = free[np.random.randint(len(free))]
     if cfg.dataset_type == "stitch":  # a goal four cells away
         near = _cells_at_distance(st["maze"], init_ij, 4)
@@ -285,8 +291,9 @@ def _maze_episode(cfg: RolloutConfig, st: dict[str, Any], episode: int, attempt:
     return {**_pack(steps), GOALS_KEY: np.array([goals])}
 
 
-def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
-    """Collect episode number `episode` (0-based over train then validation episodes).
+def rollout_episode(cfg: RolloutConfig, episode: int, shard: int | None = None) -> dict[str, np.ndarray]:
+    """Collect episode number `episode` (0-based over train then validation episodes) of shard `shard` of a large
+    dataset (`None`: of a standard file).
 
     Returns the raw OGBench arrays of one episode: `observations`, `actions` (float32),
     `terminals` (bool, True at the last step), `qpos`, `qvel` (float32, the state
@@ -295,8 +302,8 @@ def rollout_episode(cfg: RolloutConfig, episode: int) -> dict[str, np.ndarray]:
     st = _state(cfg)
     for attempt in range(1000):
         if "maze" in cfg.domain:
-            return _maze_episode(cfg, st, episode, attempt)
-        out = _manip_episode(cfg, st, episode, attempt)
+            return _maze_episode(cfg, st, episode, attempt, shard)
+        out = _manip_episode(cfg, st, episode, attempt, shard)
         if out is not None:
             return out
     raise RuntimeError(f"episode {episode}: 1000 unhealthy scene rollouts in a row")
@@ -320,8 +327,8 @@ def exit_with_parent(parent: int, interval: float = 0.2) -> None:
 
 
 def worker_episode(
-    args: tuple[RolloutConfig, int],
+    args: tuple[RolloutConfig, int] | tuple[RolloutConfig, int, int | None],
 ) -> tuple[int, dict[str, np.ndarray]]:
-    """`multiprocessing` entry point: `(cfg, episode) -> (episode, arrays)`."""
-    cfg, episode = args
-    return episode, rollout_episode(cfg, episode)
+    """`multiprocessing` entry point: `(cfg, episode[, shard]) -> (episode, arrays)`."""
+    cfg, episode, shard = (*args, None) if len(args) == 2 else args
+    return episode, rollout_episode(cfg, episode, shard)

@@ -23,18 +23,19 @@ import numpy as np
 
 from ..._checkpoint import latest_checkpoint, read_meta, write_text
 from ..._logging import make_loggers
-from .._agents import BAM, QAM, QAME, QAMF, TRQAM
+from .._agents import BAM, QAM, QAME, QAMF, SQAM, TRQAM
 from .._config import AgentConfig, SMALL_NETWORKS
 from .._online import latest_online_checkpoint, OnlineConfig, train_online
 from .._pretrain import bc_checkpoint_name, BCConfig, pretrain_behaviour
 from .._seeds import aggregate, create_agents, seed_mesh, SeedsResult, train_offline_seeds
+from .._sharded import data_widths
 from .._train import flow_label, load_transitions, train_offline, TrainConfig, TrainResult
 from ._envs import ogbench_evaluator, ogbench_seeds_evaluator, OGBenchEnvFactory
 from ._presets import paper_preset, PaperPreset
 
 
 DEFAULT_ENV = "cube-single-play-singletask-task1-v0"
-AGENTS = {"trqam": TRQAM, "qam": QAM, "bam": BAM, "qame": QAME, "qamf": QAMF}
+AGENTS = {"trqam": TRQAM, "qam": QAM, "bam": BAM, "qame": QAME, "qamf": QAMF, "sqam": SQAM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +48,16 @@ class OfflineArgs:
 
     env: str = DEFAULT_ENV
     """OGBench single-task dataset name, e.g. cube-double-play-singletask-task2-v0."""
-    agent: Literal["trqam", "qam", "bam", "qame", "qamf"] = "trqam"
+    agent: Literal["trqam", "qam", "bam", "qame", "qamf", "sqam"] = "trqam"
     """trqam: λ by dual descent on a KL budget; qam: fixed temperature τ; bam: basic-adjoint ablation; qame: QAM
-    with a learned bounded edit of its actions; qamf: QAM acting with a distilled one-step policy."""
+    with a learned bounded edit of its actions; qamf: QAM acting with a distilled one-step policy; sqam: TRQAM's
+    trust region with scalar adjoint matching on bridge states and a critic value penalty."""
     preset: Literal["small", "paper"] = "small"
     """paper: the official per-domain settings and protocol (1M steps, 4x512 nets); small: CPU-sized."""
     protocol: Literal["qam", "trqam"] | None = None
     """Whose protocol: the QAM paper's (no BC pre-training, its networks, γ and sparse rewards) or the TRQAM
-    paper's (BC pre-training, dense rewards); default: the paper that ran --agent (qam, bam, qame, qamf: QAM's)."""
+    paper's (BC pre-training, dense rewards); default: the paper that ran --agent (qam, bam, qame, qamf: QAM's;
+    trqam, sqam: TRQAM's)."""
     pretrain_steps: int | None = None
     """Steps of BC pre-training of the behaviour flow before RL (default: the protocol's, 300,000 for TRQAM's
     and 0 for QAM's with --preset paper; 5,000 and 0 for small); 0 starts every network from scratch."""
@@ -103,6 +106,17 @@ class OfflineArgs:
     Weights & Biases (offline, under run_dir/wandb; pip install 'flowsoc[wandb]')."""
     smoke: bool = False
     """A seconds-long run on a tiny dataset with tiny networks (for CI)."""
+    dataset_dir: str | None = None
+    """Train from a folder of dataset shards, the official large datasets' layout (DATA_DIR/cube-triple-play-10m-v0,
+    made by python -m flowsoc.rl.datagen cube-triple-play-10m-v0); default with --preset paper on cube-triple,
+    cube-quadruple, puzzle-4x4 and antmaze-giant: DATA_DIR/<the paper's large dataset>."""
+    standard_data: bool = False
+    """With --preset paper, train on the standard 1M file even where the paper used a large dataset."""
+    shard_interval: int = 1000
+    """Updates (online: environment steps) on one shard before the next (the official dataset_replace_interval)."""
+    data_mode: Literal["auto", "stream", "memory"] = "auto"
+    """Sharded data: stream (the current shard on the device, the next read in the background), memory (every
+    shard on the device), or auto (memory when the dataset takes at most half of the device's free memory)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +134,7 @@ class Plan:
     preset: PaperPreset
     pretrain: TrainConfig | None
     bc_dir: pathlib.Path | None
+    dataset_dir: pathlib.Path | None = None  # a folder of shards to train from (None: the standard file)
 
 
 def _cache_dir(episodes: int, episode_length: int | None) -> str:
@@ -192,6 +207,15 @@ def plan(args: OfflineArgs) -> Plan:
     )
     episodes = pick("episodes")
     data_dir = args.data_dir
+    dataset_dir = _dataset_dir(args, preset)
+    if dataset_dir is not None:
+        if not isinstance(args.shard_interval, int) or args.shard_interval < 1:
+            raise ValueError(f"--shard-interval must be a positive integer, got {args.shard_interval!r}.")
+        if args.shard_interval % args.steps_per_dispatch:
+            raise ValueError(
+                f"--shard-interval {args.shard_interval} must be a multiple of --steps-per-dispatch "
+                f"{args.steps_per_dispatch} (a fused block of updates samples from one shard); change one of them."
+            )
     if data_dir is None and (args.preset == "small" or args.smoke):
         data_dir = _cache_dir(episodes, episode_length)
     run_dir = args.run_dir or f"runs/{args.env}-{args.agent}-{'smoke' if args.smoke else args.preset}-seed{args.seed}"
@@ -203,6 +227,8 @@ def plan(args: OfflineArgs) -> Plan:
         if not pretrain_steps:
             raise ValueError("--bc-checkpoint needs --pretrain-steps > 0 (the pre-trained flow's steps).")
         per = math.gcd(pretrain_steps, 500)
+        if dataset_dir is not None:
+            per = math.gcd(per, args.shard_interval)  # a fused block samples from one shard
         pretrain = TrainConfig(
             steps=pretrain_steps,
             batch_size=train_config.batch_size,
@@ -213,7 +239,8 @@ def plan(args: OfflineArgs) -> Plan:
             progress=args.progress,
         )
         bc_config = BCConfig.of(agent_config)
-        name = bc_checkpoint_name(args.env, bc_config, pretrain_steps, pretrain.batch_size, args.bc_seed)
+        data_name = args.env if dataset_dir is None else f"{args.env}-{dataset_dir.name}"
+        name = bc_checkpoint_name(data_name, bc_config, pretrain_steps, pretrain.batch_size, args.bc_seed)
         bc_dir = pathlib.Path(args.bc_checkpoint or pathlib.Path(run_dir).parent / "bc" / name)
     return Plan(
         env=args.env,
@@ -227,7 +254,22 @@ def plan(args: OfflineArgs) -> Plan:
         preset=preset,
         pretrain=pretrain,
         bc_dir=bc_dir,
+        dataset_dir=dataset_dir,
     )
+
+
+def _dataset_dir(args: OfflineArgs, preset: PaperPreset) -> pathlib.Path | None:
+    """The folder of shards to train from: `--dataset-dir`, else with `--preset paper` the paper's large dataset
+    in the data directory (unless `--standard-data`), else `None` (the standard file)."""
+    from ._dataset_files import data_dir as resolve_data_dir
+
+    if args.dataset_dir is not None:
+        if args.standard_data:
+            raise ValueError("--dataset-dir and --standard-data contradict each other: give one of them.")
+        return pathlib.Path(args.dataset_dir).expanduser()
+    if args.preset != "paper" or args.smoke or args.standard_data or preset.dataset is None:
+        return None
+    return resolve_data_dir(args.data_dir) / preset.dataset
 
 
 def pretrained_flow(p: Plan, data, resume: bool = False):
@@ -294,6 +336,25 @@ def results_table(result: TrainResult, agent_name: str) -> str:
 def _load_data(p: Plan, args: OfflineArgs):
     from ._data import dataset_paths, load_ogbench
 
+    if p.dataset_dir is not None:
+        from ._shards import open_shards
+
+        data = open_shards(
+            p.env,
+            p.dataset_dir,
+            interval=args.shard_interval,
+            mode=args.data_mode,
+            sparse=p.preset.sparse,
+            env_kwargs=_eval_env_kwargs(args),
+        )
+        obs_dim, action_dim = data_widths(data)
+        print(
+            f"data: {p.dataset_dir} ({data.num_shards} shards, {data.size} transitions, {data.mode} mode, the next "
+            f"shard every {data.interval} updates), observation {obs_dim}, action {action_dim} (chunks of "
+            f"{p.agent_config.horizon}); run directory {p.run_dir}"
+        )
+        return data
+
     train_path, _ = dataset_paths(p.env, p.data_dir)
     cached, started = train_path.exists(), time.time()
     _, train, _ = load_ogbench(
@@ -309,7 +370,7 @@ def _load_data(p: Plan, args: OfflineArgs):
     how = "cached" if cached else f"generated in {time.time() - started:.0f} s"
     print(f"dataset {train_path.name[: -len('.npz')]} in {train_path.parent} ({how})")
     data = load_transitions(train, p.env, sparse_rewards=p.preset.sparse)
-    obs_dim, action_dim = data.observations.shape[-1], data.actions.shape[-1]
+    obs_dim, action_dim = data_widths(data)
     print(
         f"data: {data.size} transitions, observation {obs_dim}, action {action_dim} "
         f"(chunks of {p.agent_config.horizon}); run directory {p.run_dir}"
@@ -361,8 +422,7 @@ def run_offline(args: OfflineArgs) -> TrainResult:
     resume = _resuming(p, args)
     agent = p.agent_cls.create(
         jr.key(args.seed),
-        data.observations.shape[-1],
-        data.actions.shape[-1],
+        *data_widths(data),
         p.agent_config,
         pretrained=pretrained_flow(p, data, resume),
     )
@@ -635,8 +695,7 @@ def run_offline_seeds(args: OfflineArgs) -> SeedsResult:
     agents = create_agents(
         p.agent_cls,
         seeds,
-        data.observations.shape[-1],
-        data.actions.shape[-1],
+        *data_widths(data),
         p.agent_config,
         pretrained=pretrained_flow(p, data, resume),
     )
@@ -798,8 +857,7 @@ def run_offline_to_online(args: OfflineToOnlineArgs) -> TrainResult:
     resume_offline = not resume_online and _resuming(p, args)
     agent = p.agent_cls.create(
         jr.key(args.seed),
-        data.observations.shape[-1],
-        data.actions.shape[-1],
+        *data_widths(data),
         p.agent_config,
         pretrained=pretrained_flow(p, data, resume_online or resume_offline),
     )

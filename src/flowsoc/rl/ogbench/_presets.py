@@ -16,14 +16,15 @@ Two papers ran the agents of `flowsoc.rl`, with different protocols:
   four large-data domains (cube-triple 10M, antmaze-giant 10M, puzzle-4x4 10M, cube-quadruple 100M).
 
 `paper_preset(env, agent, protocol)` answers for an OGBench domain or dataset name, an agent (`trqam`, `qam`,
-`bam`) and a protocol: `None` for the paper that ran the agent (QAM paper for `qam`/`bam`, TRQAM paper for
-`trqam`), `"trqam"` to run a baseline inside the TRQAM comparison (its networks, γ, ρ, dense rewards and BC
-pre-training; the baseline keeps its τ from the QAM sweep unless the TRQAM README gives one), `"qam"` to run TRQAM
-under the QAM paper's protocol. The answer, a `PaperPreset`, holds the `AgentConfig` keywords, whether rewards
-are sparse, the BC pre-training steps, the official dataset when it is not the standard 1M file (informational:
-flowsoc loads and generates 1M files), and a source string for each. Every preset uses the official codes'
-lean-adjoint convention: the base velocity at the next grid time and the SDE drift's Jacobian on every cell
-(`adjoint_base_time="next"`, `adjoint_final_ode_step=False`).
+`bam`, `qame`, `qamf`, `sqam`) and a protocol: `None` for the paper that ran the agent (QAM paper for
+`qam`/`bam`/`qame`/`qamf`, TRQAM paper for `trqam` and for SQAM, its authors' follow-up), `"trqam"` to run a
+baseline inside the TRQAM comparison (its networks, γ, ρ, dense rewards and BC pre-training; the baseline keeps its
+τ from the QAM sweep unless the TRQAM README gives one), `"qam"` to run TRQAM under the QAM paper's protocol. The
+answer, a `PaperPreset`, holds the `AgentConfig` keywords, whether rewards are sparse, the BC pre-training steps,
+the official dataset when it is not the standard 1M file (the examples' `--preset paper` trains from that folder
+of shards, made by `python -m flowsoc.rl.datagen <dataset>`), and a source string for each. Every preset uses the
+official codes' lean-adjoint convention: the base velocity at the next grid time and the SDE drift's Jacobian on
+every cell (`adjoint_base_time="next"`, `adjoint_final_ode_step=False`).
 
 **ε_KL.** The README points to "Table 4 of the paper" for per-domain KL budgets; that table is not in the TRQAM
 repository (nor in the QAM one), so it was not available to us. TRQAM presets use the code default 1.0
@@ -44,9 +45,9 @@ from ..._trust_region import DualDescent
 from ._datagen_recipes import DatasetError, parse_dataset_name, SUPPORTED_HELP
 
 
-Agent = Literal["trqam", "qam", "bam", "qame", "qamf"]
+Agent = Literal["trqam", "qam", "bam", "qame", "qamf", "sqam"]
 Protocol = Literal["qam", "trqam"]
-AGENTS: tuple[str, ...] = ("trqam", "qam", "bam", "qame", "qamf")
+AGENTS: tuple[str, ...] = ("trqam", "qam", "bam", "qame", "qamf", "sqam")
 PROTOCOLS: tuple[str, ...] = ("qam", "trqam")
 
 QAM_SOURCE = "ColinQiyangLi/qam@f93efd2"
@@ -178,6 +179,39 @@ def _variant_sweep(d: "DomainPreset", agent: str) -> tuple[float, float, str]:
 
 
 _CONFIGS[("qam", "trqam")] = _CONFIGS[("trqam", "trqam")]
+# SQAM is TRQAM's code with the scalar adjoint and the value penalty (the authors' yonghdong/sqam, whose snapshot
+# was not available to us: its defaults as its authors report them, everything else TRQAM's get_config).
+for _protocol in PROTOCOLS:
+    _CONFIGS[(_protocol, "sqam")] = _CONFIGS[("trqam", "trqam")]
+SQAM_SOURCE = "yonghdong/sqam agents/sqam.py defaults as reported by its authors (repository not available here)"
+SQAM_REPORTED = {
+    "antmaze-large": 91,
+    "antmaze-giant": 62,
+    "humanoidmaze-medium": 94,
+    "humanoidmaze-large": 54,
+    "scene": 79,
+    "puzzle-3x3": 100,
+    "puzzle-4x4": 85,
+    "cube-double": 58,
+    "cube-triple": 72,
+    "cube-quadruple": 54,
+    "all": 75,
+}
+"""SQAM's published offline success (%, 1M steps, 8 seeds) on TRQAM's ten domains, beside its presets."""
+QAME_REPORTED_TRQAM = {
+    "antmaze-large": 86,
+    "antmaze-giant": 6,
+    "humanoidmaze-medium": 60,
+    "humanoidmaze-large": 4,
+    "scene": 63,
+    "puzzle-3x3": 89,
+    "puzzle-4x4": 54,
+    "cube-double": 71,
+    "cube-triple": 11,
+    "cube-quadruple": 9,
+    "all": 45,
+}
+"""QAM-E's offline success (%) as the TRQAM paper reports it (its baseline row), on the same ten domains."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +270,7 @@ class PaperPreset:
     - `settings`: `AgentConfig` keyword arguments (`agent_settings()` gives a fresh dict).
     - `sparse`: whether rewards are made sparse, `-1[r != 0]`, offline and online.
     - `pretrain_steps`: BC-only steps of the behaviour flow before RL (0: the QAM protocol, from random init).
-    - `dataset`: the official dataset when not the standard 1M file (informational), else `None`.
+    - `dataset`: the official dataset when not the standard 1M file (a folder of shards), else `None`.
     - `sources`: for every key of `settings` and for `sparse`, `pretrain_steps` and `dataset`, where the value
       comes from (`"qam experiments/reproduce.py:L135"`, `"trqam README:L150 (...)"`).
     """
@@ -301,7 +335,7 @@ def _check(agent: str, protocol: str | None) -> tuple[Agent, Protocol]:
     if name not in AGENTS:
         raise ValueError(f"unknown agent {agent!r}: choose one of {', '.join(map(repr, AGENTS))}.")
     if protocol is None:
-        return cast(Agent, name), "trqam" if name == "trqam" else "qam"
+        return cast(Agent, name), "trqam" if name in ("trqam", "sqam") else "qam"
     proto = protocol.lower() if isinstance(protocol, str) else protocol
     if proto not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose None (the agent's own paper), 'qam' or 'trqam'.")
@@ -383,11 +417,14 @@ def _resolve(d: DomainPreset, agent: str, protocol: str | None) -> PaperPreset:
         s["edit_scale" if agent == "qame" else "fql_alpha"] = (knob, src + (" (0: plain QAM)" if knob == 0 else ""))
         if agent == "qame":
             s["edit_target_entropy_multiplier"] = (0.5, cfg("edit_target_entropy", "get_config, × the chunk width"))
-    if agent in ("qam", "trqam", "qame", "qamf"):
+    if agent in ("qam", "trqam", "qame", "qamf", "sqam"):
         s["clip_adjoint_action"] = (True, cfg("clip_adj", "get_config clip_adj=True"))
-    if agent == "trqam":
+    if agent in ("trqam", "sqam"):
         kl_note = " (published for the TRQAM protocol)" if protocol == "qam" else ""
-        s["trust_region.kl_budget"] = (d.kl_budget, d.kl_budget_source + kl_note)
+        if agent == "sqam":
+            s["trust_region.kl_budget"] = (0.5, f"{SQAM_SOURCE}: ε_KL = 0.5")
+        else:
+            s["trust_region.kl_budget"] = (d.kl_budget, d.kl_budget_source + kl_note)
         s["trust_region.lam_scale"] = (3.0, cfg("lam_scale", "get_config"))
         s["trust_region.step_size"] = (0.01, cfg("eta_lambda", "get_config eta_lambda"))
         s["trust_region.ema"] = (0.1, cfg("kl_ema_coef", "get_config kl_ema_coef"))
@@ -397,12 +434,18 @@ def _resolve(d: DomainPreset, agent: str, protocol: str | None) -> PaperPreset:
         s["trust_region.lam_init"] = (1.0, cfg("initial_lam", "initial_lam = 1.0"))
         s["trust_region.log_space"] = (False, cfg("dual_step", "additive projected step on λ"))
         s["dual_update"] = (True, cfg("dual_call", "dual step after every update"))
+    if agent == "sqam":
+        s["bridge_states"] = (10, f"{SQAM_SOURCE}: 10 bridge states")
+        penalty = 0.0 if d.domain == "cube-double" else 0.3
+        s["value_penalty"] = (penalty, f"{SQAM_SOURCE}: c = 0.3, 0 on cube-double")
     if agent == "bam":
         s["bam_running_cost_scale"] = (
             None,
             cfg("running_cost", "2/σ² ‖v − v_β‖² summed over the steps without h: c = 1/h"),
         )
         adjoint = "qam agents/qam.py:L92-99 (QAM's adjoint; BAM has none, set for uniformity)"
+    elif agent == "sqam":
+        adjoint = f"unused: SQAM solves no adjoint ODE (TRQAM's value kept; {cfg('adjoint', 'its adjoint')})"
     else:
         adjoint = cfg("adjoint", "vjp of 2·v_β(x, t+h) − x/(t+h) on every cell, the last one included")
     s["adjoint_base_time"] = ("next", adjoint)
@@ -419,7 +462,7 @@ def _resolve(d: DomainPreset, agent: str, protocol: str | None) -> PaperPreset:
             **{k: src for k, (_, src) in s.items()},
             **(
                 {"trust_region": f"{s['trust_region.step_size'][1]}; each field in its trust_region.* row"}
-                if agent == "trqam"
+                if agent in ("trqam", "sqam")
                 else {}
             ),
             "sparse": sparse[1],
@@ -553,9 +596,9 @@ def domain_preset(env: str) -> DomainPreset:
 
 
 def paper_preset(env: str, agent: str = "trqam", protocol: str | None = None) -> PaperPreset:
-    """The official settings of `agent` (`trqam`, `qam`, `bam`, `qame`, `qamf`) on `env` (a domain key or any
-    OGBench dataset name) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`, `bam`,
-    `qame` and `qamf`, TRQAM paper for `trqam`), `"qam"` or `"trqam"` to choose (`"trqam"`: the baseline inside
-    the TRQAM comparison)."""
+    """The official settings of `agent` (`trqam`, `qam`, `bam`, `qame`, `qamf`, `sqam`) on `env` (a domain key or
+    any OGBench dataset name) under `protocol`: `None` for the paper that ran the agent (QAM paper for `qam`, `bam`,
+    `qame` and `qamf`, TRQAM paper for `trqam` and `sqam`), `"qam"` or `"trqam"` to choose (`"trqam"`: the baseline
+    inside the TRQAM comparison)."""
     _check(agent, protocol)
     return domain_preset(env).paper(agent, protocol)

@@ -1,0 +1,193 @@
+"""Large datasets: generation speed against workers, host memory while training from shards, and update speed from
+shards against the same data held in memory.
+
+    python benchmarks/large_data.py            # a few minutes on 2 CPU cores; sizes are in the JSON
+    python benchmarks/large_data.py --quick    # smaller
+
+Writes `benchmarks/results/large_data.json` and prints a table:
+
+1. generation: training transitions/s of `python -m flowsoc.rl.datagen NAME-10m-v0 --shards S --episodes E` for 1 and
+   2 workers (cube-single), and with 1 worker for each of the four large domains of the papers (their per-core
+   rate, from which the docs' generation times are computed: transitions / (rate x cores));
+2. memory: peak resident memory of a process training (stream mode) through 2, 5 and 20 synthetic shards of the
+   same size: it must stay flat (about two shards), not grow with the dataset;
+3. speed: update steps/s of a small TRQAM agent from 5 shards streamed (the next read in the background) against
+   the same shards held in memory.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+HERE = pathlib.Path(__file__).resolve().parent
+OBS, ACT, EPISODE = 46, 5, 1000  # cube-triple's widths and episode length
+
+
+def _generation(name: str, shards: int, episodes: int, length: int, workers: int, root: str) -> dict:
+    from flowsoc.rl.ogbench._datagen import generate, GenerateOptions
+
+    start = time.perf_counter()
+    result = generate(
+        GenerateOptions(
+            env=name, shards=shards, episodes=episodes, val_episodes=1, episode_length=length, workers=workers,
+            seed=0, data_dir=root, progress=False,
+        )
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    val = shards * (length - 1)  # one validation episode per shard
+    return dict(
+        dataset=name, workers=workers, shards=shards, episodes_per_shard=episodes, episode_length=length,
+        training_transitions=result.transitions, seconds=round(seconds, 2),
+        transitions_per_s=round((result.transitions + val) / seconds, 1),
+    )  # fmt: skip
+
+
+def _write_shards(folder: pathlib.Path, count: int, transitions: int) -> None:
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    episodes = transitions // (EPISODE - 1)
+    rows = episodes * EPISODE
+    for k in range(count):
+        path = folder / f"synthetic-{k:03d}.npz"
+        if path.exists():
+            continue
+        terminals = np.zeros(rows, bool)
+        terminals[EPISODE - 1 :: EPISODE] = True
+        np.savez(
+            path,
+            observations=rng.standard_normal((rows, OBS), np.float32),
+            actions=rng.uniform(-1, 1, (rows, ACT)).astype(np.float32),
+            terminals=terminals,
+            rewards=-rng.integers(0, 2, rows).astype(np.float32),
+        )
+
+
+def _dataset(folder: pathlib.Path, count: int, interval: int, mode: str):
+    import numpy as np
+
+    from flowsoc.rl import indexed_from_raw, ShardedDataset
+
+    paths = sorted(folder.glob("synthetic-*.npz"))[:count]
+    rows = len(np.load(paths[0])["terminals"])
+    n = rows - rows // EPISODE
+
+    def loader(path):
+        def load():
+            with np.load(path) as f:
+                raw = {k: f[k] for k in f.files}
+            keep = ~raw["terminals"]
+            return indexed_from_raw(raw, raw["rewards"][keep], np.ones(int(keep.sum()), np.float32))
+
+        return load
+
+    return ShardedDataset(
+        [loader(p) for p in paths], [p.name for p in paths], [n] * count, [rows] * count, (OBS,), ACT,
+        interval=interval, mode=mode,
+    )  # fmt: skip
+
+
+def _train_child(folder: str, count: int, interval: int, mode: str, per: int, visits: int) -> dict:
+    """In a fresh process: train a small TRQAM agent through `visits` shard visits; peak memory and steps/s."""
+    import jax.random as jr
+
+    from flowsoc.rl import AgentConfig, fused_updates, TRQAM
+    from flowsoc.rl._train import block_data
+
+    data = _dataset(pathlib.Path(folder), count, interval, mode)
+    config = AgentConfig(actor_hidden=(64, 64), critic_hidden=(64, 64), num_critics=2, flow_steps=4, horizon=5)
+    agent = TRQAM.create(jr.key(0), OBS, ACT, config)
+    seed = 0
+    agent, _ = fused_updates(agent, block_data(data, 0, per), seed, per, 64)  # compile
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start, step = time.perf_counter(), int(agent.step)
+    total = visits * interval
+    while step < total:
+        agent, metrics = fused_updates(agent, block_data(data, step, per), seed, per, 64)
+        metrics["critic_loss"].block_until_ready()
+        step = int(agent.step)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    data.close()
+    return dict(
+        shards=count, mode=data.mode, updates=total - per, seconds=round(seconds, 2),
+        steps_per_s=round((total - per) / seconds, 1), peak_rss_mb=round(peak / 1024, 1),
+        rss_growth_after_first_block_mb=round((peak - base) / 1024, 1), shard_mb=round(data.shard_nbytes(0) / 2**20, 1),
+        dataset_mb=round(data.nbytes / 2**20, 1), loads=len(data.loads),
+    )  # fmt: skip
+
+
+def _child(args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True, env=os.environ
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child", nargs=6)
+    args = parser.parse_args()
+    if args.child:
+        folder, count, interval, mode, per, visits = args.child
+        print(json.dumps(_train_child(folder, int(count), int(interval), mode, int(per), int(visits))))
+        return
+    quick = args.quick
+    root = pathlib.Path(tempfile.mkdtemp(prefix="flowsoc-large-data-"))
+    results: dict = {"cpu_count": os.cpu_count(), "note": "2 CPU cores shared with other work; JAX on CPU"}
+
+    # 1. generation
+    gen = []
+    episodes, length = (2, 101) if quick else (4, 201)
+    for workers in (1, 2):
+        gen.append(_generation("cube-single-play-10m-v0", 2, episodes, length, workers, str(root / f"gen{workers}")))
+    for name in ("cube-triple-play-10m-v0", "puzzle-4x4-play-10m-v0", "cube-quadruple-play-100m-v0",
+                 "antmaze-giant-navigate-10m-v0"):  # fmt: skip
+        gen.append(_generation(name, 1, episodes, length, 1, str(root / "domains")))
+    results["generation"] = gen
+
+    # 2. memory, 3. speed
+    transitions = 50_000 if quick else 200_000
+    interval, per = 200, 100
+    folder = root / "synthetic"
+    _write_shards(folder, 20, transitions)
+    results["memory"] = [_child([str(folder), str(c), str(interval), "stream", str(per), str(c)]) for c in (2, 5, 20)]
+    visits = 10
+    results["speed"] = [
+        _child([str(folder), "5", str(interval), m, str(per), str(visits)]) for m in ("stream", "memory")
+    ]
+    results["sizes"] = dict(
+        synthetic_shard_transitions=transitions, obs_dim=OBS, action_dim=ACT, shard_interval=interval,
+        updates_per_dispatch=per, agent="TRQAM, 2x64 networks, 2 critics, 4 flow steps, batch 64",
+        generation=f"{episodes} episodes of {length} steps per shard (+1 validation episode)",
+    )  # fmt: skip
+
+    print(f"{'generation':<34}{'workers':>8}{'transitions/s':>15}")
+    for g in gen:
+        print(f"{g['dataset']:<34}{g['workers']:>8}{g['transitions_per_s']:>15,.0f}")
+    print(f"\n{'train from shards (stream)':<28}{'shards':>7}{'dataset MB':>12}{'shard MB':>10}{'peak RSS MB':>13}")
+    for m in results["memory"]:
+        print(f"{'':<28}{m['shards']:>7}{m['dataset_mb']:>12.0f}{m['shard_mb']:>10.0f}{m['peak_rss_mb']:>13.0f}")
+    s, mem = results["speed"]
+    ratio = s["steps_per_s"] / mem["steps_per_s"]
+    results["stream_over_memory"] = round(ratio, 3)
+    print(
+        f"\nupdate steps/s from 5 shards: stream {s['steps_per_s']:.0f}, memory {mem['steps_per_s']:.0f} ({ratio:.1%})"
+    )
+    out = HERE / "results" / "large_data.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
