@@ -44,6 +44,7 @@ from _official_update import ACT, FLOW_STEPS, HORIZON, OBS, SIZES, synthetic_bat
 
 
 STEADY_FACTOR = 1.25
+FUSED_STEPS = 5
 CONVENTIONS = {
     "next": dict(adjoint_base_time="next"),
     "grid": dict(adjoint_base_time="grid"),
@@ -74,8 +75,9 @@ def flowsoc_batch(batch_size: int):
     return ChunkBatch(**{k: jnp.asarray(v) for k, v in synthetic_batch(batch_size).items()})
 
 
-def child(size: str, convention: str, calls: int, warmup: int, count: bool) -> dict:
-    """flowsoc's side: the same protocol as `_official_update.py`."""
+def child(size: str, convention: str, calls: int, warmup: int, count: bool, fused: bool = False) -> dict:
+    """flowsoc's side: the same protocol as `_official_update.py` (`fused`: `flowsoc.rl.fused_updates`, the
+    training loop's dispatch, timed per update)."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -92,6 +94,14 @@ def child(size: str, convention: str, calls: int, warmup: int, count: bool) -> d
     jax.block_until_ready(agent)
     creation = time.perf_counter() - t0
     update = eqx.filter_jit(lambda agent, batch: agent.update(batch))
+    per_call = 1
+    if fused:  # the training loop's dispatch: FUSED_STEPS updates in one lax.scan, batches sampled on the device
+        from update_step import synthetic_table
+
+        from flowsoc.rl import fused_updates
+
+        table, seed, per_call = synthetic_table(jr.key(1), obs=OBS, act=ACT), jnp.asarray(0, jnp.uint32), FUSED_STEPS
+        update = lambda agent, batch: fused_updates(agent, table, seed, FUSED_STEPS, batch.observations.shape[0])  # noqa: E731
     times = []
     for _ in range(warmup + calls):
         t = time.perf_counter()
@@ -109,6 +119,8 @@ def child(size: str, convention: str, calls: int, warmup: int, count: bool) -> d
         side="flowsoc",
         size=size,
         convention=convention,
+        fused=fused,
+        updates_per_call=per_call,
         import_s=imported - START,
         creation_s=creation,
         calls_s=times,
@@ -130,16 +142,16 @@ def run_child(cmd: list[str]) -> dict:
 
 def time_to_steady(record: dict, steady: float) -> float:
     """Creation plus every call up to the first that takes at most STEADY_FACTOR x the steady median."""
-    total = record["creation_s"]
+    total, per_call = record["creation_s"], record.get("updates_per_call", 1)
     for t in record["calls_s"]:
         total += t
-        if t <= STEADY_FACTOR * steady:
+        if t / per_call <= STEADY_FACTOR * steady:
             return total
     return float("nan")
 
 
 def summarise(records: list[dict]) -> dict:
-    timed = [t for r in records for t in r["calls_s"][r["warmup"] :]]
+    timed = [t / r.get("updates_per_call", 1) for r in records for t in r["calls_s"][r["warmup"] :]]
     median = statistics.median(timed)
     gflops = [r["gflop"] for r in records if r["gflop"] == r["gflop"]]
     gflop = gflops[0] if gflops else float("nan")
@@ -148,7 +160,9 @@ def summarise(records: list[dict]) -> dict:
         "timed_calls": len(timed),
         "median_s_per_step": median,
         "steps_per_s": 1.0 / median,
-        "per_process_median_s": [statistics.median(r["calls_s"][r["warmup"] :]) for r in records],
+        "per_process_median_s": [
+            statistics.median(r["calls_s"][r["warmup"] :]) / r.get("updates_per_call", 1) for r in records
+        ],
         "creation_s": statistics.median(r["creation_s"] for r in records),
         "first_call_s": statistics.median(r["calls_s"][0] for r in records),
         "second_call_s": statistics.median(r["calls_s"][1] for r in records),
@@ -175,10 +189,16 @@ def main():
     parser.add_argument("--size", default="paper", help=argparse.SUPPRESS)
     parser.add_argument("--convention", default="next", help=argparse.SUPPRESS)
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fused-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help=f"also time flowsoc's training dispatch (fused_updates, {FUSED_STEPS} updates per call; first convention)",
+    )
     opts = parser.parse_args()
 
     if opts.child:
-        print(json.dumps(child(opts.size, opts.convention, opts.calls, opts.warmup, opts.count)))
+        print(json.dumps(child(opts.size, opts.convention, opts.calls, opts.warmup, opts.count, opts.fused_child)))
         return
     if opts.official is None or opts.python is None:
         parser.error("--official and --python are required")
@@ -186,25 +206,32 @@ def main():
     results, raw = {}, []
     for size in opts.sizes:
         calls = opts.calls or (8 if size == "paper" else 30)
-        records = {"official": []} | {c: [] for c in opts.conventions}
+        sides = list(opts.conventions) + ([f"{opts.conventions[0]}-fused"] if opts.fused else [])
+        records = {"official": []} | {c: [] for c in sides}
         for rep in range(opts.repeats):
             jobs = [("official", [opts.python, str(HERE / "_official_update.py"), "--official", str(opts.official)])]
             jobs += [(c, [sys.executable, __file__, "--child", "--convention", c]) for c in opts.conventions]
+            if opts.fused:
+                fused_cmd = [sys.executable, __file__, "--child", "--convention", opts.conventions[0], "--fused-child"]
+                jobs.append((sides[-1], fused_cmd))
             if rep % 2:  # A B A B ... then B A: neither side always runs first
                 jobs = jobs[::-1]
             for name, cmd in jobs:
-                cmd = cmd + ["--size", size, "--calls", str(calls), "--warmup", str(opts.warmup)]
-                if name != "official" and rep == 0:
+                n, warm = (calls, opts.warmup) if name in records and not name.endswith("-fused") else (0, 0)
+                if name.endswith("-fused"):  # calls of FUSED_STEPS updates; one compilation
+                    n, warm = max(2, calls // FUSED_STEPS + 1), 1
+                cmd = cmd + ["--size", size, "--calls", str(n), "--warmup", str(warm)]
+                if name in opts.conventions and rep == 0:
                     cmd.append("--count")
                 record = run_child(cmd)
                 records[name].append(record)
                 raw.append(record)
-                med = statistics.median(record["calls_s"][record["warmup"] :])
+                med = statistics.median(record["calls_s"][record["warmup"] :]) / record.get("updates_per_call", 1)
                 first = record["calls_s"][0]
                 print(f"  {size} {name:<8} {1 / med:6.2f} steps/s  first call {first:5.1f} s", flush=True)
         summary = {name: summarise(recs) for name, recs in records.items()}
         official = summary["official"]
-        for name in opts.conventions:
+        for name in sides:
             summary[name]["ratio_to_official"] = summary[name]["steps_per_s"] / official["steps_per_s"]
             summary[name]["time_to_steady_ratio"] = summary[name]["time_to_steady_s"] / official["time_to_steady_s"]
         results[size] = summary

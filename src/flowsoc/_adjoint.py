@@ -148,7 +148,8 @@ def lean_adjoint(
     - `terminal`: $\tilde a$ at `ts[-1]`, shaped like one state.
     - `args`: passed to the base field.
     - `shift`: the schedule shift (default: the first grid step, as in the sampler).
-    - `solver`: a Diffrax ODE solver for the backward solve (default `diffrax.Euler()`).
+    - `solver`: a Diffrax ODE solver for the backward solve (default `diffrax.Euler()`; Euler with `"frozen"` on
+      at most 64 steps, one dtype, runs as an unrolled loop with Diffrax's arithmetic step for step).
     - `interpolation`: `"frozen"` (default with Euler: the discrete recursion, see
       [`flowsoc.LeanAdjointField`][]) or `"linear"` (default for other solvers).
     - `base_time`: the base network's time input on cell $i$ with `"frozen"`: `"grid"` ($t_i$),

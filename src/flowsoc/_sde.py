@@ -186,7 +186,9 @@ def sample_ode(
       field accepts it.
     - `ts`: the time grid, strictly increasing.
     - `args`: passed to the field.
-    - `solver`: any Diffrax ODE solver (default `diffrax.Euler()`, the reference codes' sampler).
+    - `solver`: any Diffrax ODE solver (default `diffrax.Euler()`, the reference codes' sampler). Euler on the
+      grid (no controller) with at most `UNROLL_MAX_STEPS` = 64 steps, states, times and field in one dtype, runs
+      as an unrolled loop with Diffrax's arithmetic step for step (faster, and counted in full by XLA).
     - `stepsize_controller`: `None` (default) steps exactly on `ts`; pass e.g.
       `diffrax.PIDController(rtol, atol)` with `diffrax.Tsit5()` for adaptive accuracy, the
       first step then being `ts[1] - ts[0]`.
@@ -257,7 +259,8 @@ def sample_sde(
       grid step $h$. `0` gives the exact SDE and needs `ts[0] > 0`.
     - `solver`: a Diffrax SDE solver for additive noise. Default `diffrax.Euler()`
       (Euler–Maruyama, the reference discretisation); `diffrax.ShARK()`, `diffrax.SRA1()`,
-      `diffrax.Heun()` also work.
+      `diffrax.Heun()` also work. Euler on the grid with at most 64 steps (one dtype) runs as an unrolled
+      loop with Diffrax's arithmetic and noise step for step.
     - `stepsize_controller`: `None` (default) steps on `ts` with Brownian increments drawn on
       the grid ([`flowsoc.GridBrownianPath`][]); any other controller uses a
       `diffrax.VirtualBrownianTree` and saves by interpolation at `ts`.

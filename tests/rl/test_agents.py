@@ -372,9 +372,12 @@ def test_qam_e_edits_stay_within_edit_scale_and_its_temperature_reaches_the_targ
     # edit (maximising Q alone would shrink its entropy without end): the temperature holds it at -0.5 * HA.
     target = -0.5 * H * ACT
 
-    class ConcaveQ(eqx.Module):
+    class ConcaveQ(eqx.Module):  # a critic's interface: one sample, and a batch (B, members)
         def __call__(self, o, a):
             return jnp.stack([-10.0 * jnp.sum((a - 0.2) ** 2)] * 2)
+
+        def batched(self, o, a):
+            return jax.vmap(self)(o, a)
 
     agent = eqx.tree_at(lambda a: a.nets.critic, agent, ConcaveQ())
     opt = optax.adam(3e-3)

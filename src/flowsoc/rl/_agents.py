@@ -187,7 +187,7 @@ class BasicAdjoint(AbstractPolicyObjective):
         tau = config.inv_temp
 
         def reward(x1, o):  # τ·Q, the official BAM's Q: online critic, mean - ρ std, at the unclipped action
-            q = jax.vmap(critic)(o, x1)
+            q = critic.batched(o, x1)
             return tau * jnp.sum(jnp.mean(q, axis=-1) - config.pessimism * jnp.std(q, axis=-1))
 
         # τ·(λ·c·KL − Q) at λ = 1/τ is c·KL − τ·Q: the SOC objective at λ = 1 with reward τ·Q.
@@ -257,15 +257,15 @@ class ScalarAdjointMatching(AbstractPolicyObjective):
         obs = batch.observations
         a_hat = jnp.clip(self._terminal(agent, policy, obs, key), -1.0, 1.0)
         data = batch.actions.reshape(batch.actions.shape[0], -1)
-        q_policy = jnp.mean(jax.vmap(critic)(obs, a_hat), axis=-1)
-        q_data = jnp.mean(jax.vmap(critic)(obs, data), axis=-1)
+        q_policy = jnp.mean(critic.batched(obs, a_hat), axis=-1)
+        q_data = jnp.mean(critic.batched(obs, data), axis=-1)
         gap = jnp.mean(q_policy) - jnp.mean(q_data).astype(q_policy.dtype)
         return c * gap, {"value_penalty": c * gap, "q_policy_minus_data": gap}
 
 
 def _online_q(agent: "AbstractFlowAgent", observations: Array, actions: Array) -> Float[Array, " batch"]:
     r"""$\mathrm{mean}_k Q_k(s, a)$ of the online critic, without its gradient (the acting parts' Q term)."""
-    return jnp.mean(jax.vmap(_frozen(agent.nets.critic))(observations, actions), axis=-1)
+    return jnp.mean(_frozen(agent.nets.critic).batched(observations, actions), axis=-1)
 
 
 class AbstractActor(eqx.Module):

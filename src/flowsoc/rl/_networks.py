@@ -270,7 +270,6 @@ class CriticEnsemble(eqx.Module):
         inputs = jnp.concatenate([obs.astype(dtype), action.astype(dtype)])
         return eqx.filter_vmap(lambda member: member(inputs))(self.mlp)[:, 0]
 
-
     def batched(
         self, obs: Float[Array, "batch obs_dim"], action: Float[Array, "batch action_dim"]
     ) -> Float[Array, "batch members"]:
