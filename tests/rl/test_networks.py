@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import flowsoc as fs
-from flowsoc.rl._networks import count_params, CriticEnsemble, ema_update, MLP, VelocityMLP
+from flowsoc.rl._networks import count_params, CriticEnsemble, ema_update, MLP, normalise, VelocityMLP
 
 
 EPS = 1e-6  # Flax's LayerNorm default, which the reference networks use (flowsoc.rl._networks.LAYER_NORM_EPS)
@@ -52,6 +52,36 @@ def _normal(shape, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------- MLP
+
+
+def _autodiff_normalise(h, eps=EPS):
+    """LayerNorm's normalisation with jnp.var, differentiated by JAX (the reference for the written-out tangent)."""
+    mean = jnp.mean(h, axis=-1, keepdims=True)
+    return (h - mean) / jnp.sqrt(jnp.var(h, axis=-1, keepdims=True) + eps)
+
+
+def test_normalise_values_and_exact_tangent():
+    """Flax's variance E[h^2] - E[h]^2 gives jnp.var's values to rounding, and the written-out tangent is the
+    derivative of the normalisation (JAX's autodiff of the jnp.var form, forward and reverse, float64)."""
+    rng = np.random.default_rng(0)
+    h = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 3, 17)))
+    dh = jnp.asarray(rng.standard_normal(h.shape))
+    np.testing.assert_allclose(normalise(h, EPS), _autodiff_normalise(h), rtol=1e-12, atol=1e-12)
+    _, tangent = jax.jvp(lambda x: normalise(x, EPS), (h,), (dh,))
+    _, expected = jax.jvp(_autodiff_normalise, (h,), (dh,))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-10, atol=1e-12)
+    weights = jnp.asarray(rng.standard_normal(h.shape))
+    grad = jax.grad(lambda x: jnp.sum(weights * normalise(x, EPS) ** 3))(h)
+    expected_grad = jax.grad(lambda x: jnp.sum(weights * _autodiff_normalise(x) ** 3))(h)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    # finite differences of one entry's output along a direction
+    step = 1e-6
+    fd = (normalise(h + step * dh, EPS) - normalise(h - step * dh, EPS)) / (2 * step)
+    np.testing.assert_allclose(tangent, fd, rtol=1e-6, atol=1e-8)
+    # a constant row: zero variance, finite output and gradient
+    flat = jnp.full((5,), 2.0)
+    assert np.all(np.asarray(normalise(flat, EPS)) == 0.0)
+    assert np.all(np.isfinite(np.asarray(jax.grad(lambda x: jnp.sum(normalise(x, EPS) * jnp.arange(5.0)))(flat))))
 
 
 @pytest.mark.parametrize("hidden", [(), (8,), (8, 6)])
