@@ -182,6 +182,51 @@ def test_buffer_holds_offline_then_exactly_the_online_steps_and_sampling_mixes_t
     assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / n), (share, p)
 
 
+def bandit_shards(count=3, n=64, interval=100):
+    """`count` shards of `bandit_offline` data (seeds 0, 1, ...) as a `ShardedDataset`: each one-step episode is
+    two stored rows, its state and its final state."""
+    from flowsoc.rl import indexed_from_raw, ShardedDataset
+
+    def loader(seed):
+        def load():
+            t = bandit_offline(n, seed)
+            obs = np.asarray(t.observations)
+            return indexed_from_raw(
+                dict(
+                    observations=np.repeat(obs, 2, axis=0),
+                    actions=np.repeat(np.asarray(t.actions), 2, axis=0),
+                    terminals=np.tile([False, True], n),
+                ),
+                np.asarray(t.rewards),
+                np.asarray(t.masks),
+            )
+
+        return load
+
+    return ShardedDataset(
+        [loader(k) for k in range(count)], [f"bandit-{k}" for k in range(count)], [n] * count, [2 * n] * count,
+        (3,), 1, interval=interval, mode="stream",
+    )  # fmt: skip
+
+
+def test_online_phase_from_shards_rotates_them_into_the_buffer_read_ahead():
+    """From a sharded offline dataset: the buffer starts from the offline phase's shard, and at every `interval`
+    environment steps its first rows become the next shard (read in the background meanwhile); the online
+    rows after them are untouched."""
+    shards = bandit_shards()
+    config = ONLINE.replace(steps=300, checkpoint_every=0)
+    result = train_online(TRQAM.create(jr.key(0), 3, 1, CONFIG), shards, config, BanditEnv)
+    buffer = result.buffer
+    assert int(buffer.size) == 64 + 300
+    expected = bandit_offline(64, 2)  # blocks at steps 0, 100, 200 use shards 0, 1, 2
+    for k, v in rows_of(buffer, 0, 64).items():
+        np.testing.assert_array_equal(v, np.asarray(getattr(expected, k)), err_msg=k)
+    online = rows_of(buffer, 64, 364)
+    assert np.all(online["terminals"] == 1) and np.all(np.isin(online["observations"].sum(-1), [1.0]))
+    assert shards.loads[:3] == [0, 1, 2]  # each next shard read once, ahead of its block
+    shards.close()
+
+
 def test_online_phase_improves_the_reward_where_offline_data_is_poor():
     offline = bandit_offline()
     config = ONLINE.replace(steps=1200, checkpoint_every=0)

@@ -379,7 +379,8 @@ class OnlineTrainer(AbstractTrainer):
         if self.shards is None or self.shard_for(env_step) == self.buffer_shard:
             return buffer
         self.buffer_shard = self.shard_for(env_step)
-        return overwrite_rows(buffer, self.shards.transitions(self.buffer_shard))
+        # the one after is read in the background while these rows are used
+        return overwrite_rows(buffer, self.shards.transitions(self.buffer_shard, prefetch=True))
 
     def position(self, state):
         return state.env_step
@@ -462,7 +463,7 @@ class OnlineTrainer(AbstractTrainer):
         offline = self.offline
         if self.shards is not None:
             self.buffer_shard = self.shard_for(env_step)
-            offline = self.shards.transitions(self.buffer_shard)
+            offline = self.shards.transitions(self.buffer_shard, prefetch=True)
         buffer = ReplayBuffer.from_transitions(offline, self.capacity)
         if env_step:
             buffer = add_transitions(buffer, Transitions(**{k: jnp.asarray(v) for k, v in rows.items()}))
@@ -532,7 +533,8 @@ def train_online(
                 "overwrites the replay buffer's first rows with each next shard, which needs shards of one size."
             )
         shards = offline
-        offline = shards.transitions(shards.shard_at(int(agent.step)))
+        shards.release_device()  # the offline phase's shards: the online phase uses the replay buffer
+        offline = shards.transitions(shards.shard_at(int(agent.step)), prefetch=True)
     if not isinstance(offline, Transitions):
         raise TypeError(f"offline must be a flowsoc.rl.Transitions, got {type(offline).__name__}.")
     directory = None if run_dir is None else pathlib.Path(run_dir)

@@ -32,6 +32,7 @@ from .._losses import flow_matching_loss
 from ._buffers import ChunkBatch, Transitions
 from ._config import AgentConfig
 from ._networks import VelocityMLP
+from ._sharded import ShardedDataset
 
 
 def behaviour_flow_loss(
@@ -131,10 +132,10 @@ class BCPretrainer(eqx.Module):
         return new, metrics
 
 
-def dataset_fingerprint(data: Transitions) -> dict:
+def dataset_fingerprint(data: Transitions | ShardedDataset) -> dict:
     """The dataset's size and a SHA-256 of its observations and actions: what a BC checkpoint was trained on (a
     `ShardedDataset`'s own `fingerprint()`: its files' names, sizes and checksums)."""
-    if hasattr(data, "fingerprint"):
+    if isinstance(data, ShardedDataset):
         return data.fingerprint()
     digest = hashlib.sha256()
     for array in (data.observations, data.actions):

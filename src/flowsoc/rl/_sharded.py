@@ -5,7 +5,10 @@
 with the same batches for the same key:
 
 - `"stream"`: the current shard on the device; the next one is read and put on the device by a background thread
-  while the current one trains, so that an update never waits for the disk (about two shards in memory);
+  while the current one trains, so that an update never waits for the disk (about two shards in memory). The
+  thread runs at the lowest scheduling priority, so that on a busy host it takes the cycles the updates leave; every
+  shard is padded to the largest one's shapes (the rows past its window are never sampled), so that the jitted
+  update compiles once. `wait_seconds` and `load_seconds` tell whether the loading was hidden;
 - `"memory"`: every shard on the device side by side, the current one selected by its window (no loading at all);
   chosen by `"auto"` when the whole dataset takes at most half of the device's free memory.
 
@@ -17,7 +20,9 @@ counted from 1, so its first shard gets one update fewer; here every visit is `i
 
 import concurrent.futures
 import dataclasses
+import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -67,8 +72,35 @@ def choose_mode(mode: DataMode, dataset_bytes: int, free: int | None) -> Literal
     return "memory" if free is not None and 2 * dataset_bytes <= free else "stream"
 
 
-def _on_device(arrays: Mapping[str, np.ndarray], offset: int, window: int, sparse: bool | None) -> IndexedTransitions:
-    put = {k: jax.device_put(np.asarray(arrays[k])) for k in INDEXED_FIELDS}
+def _background_priority() -> None:
+    """Run the calling (loader) thread at the lowest priority (Linux: per-thread nice 19), so that reading the next
+    shard takes only the cycles the training leaves; where that is not possible, nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
+
+
+def _pad_rows(array: np.ndarray, rows: int | None) -> np.ndarray:
+    if rows is None or len(array) >= rows:
+        return array
+    return np.concatenate([array, np.zeros((rows - len(array),) + array.shape[1:], array.dtype)])
+
+
+def _on_device(
+    arrays: Mapping[str, np.ndarray],
+    offset: int,
+    window: int,
+    sparse: bool | None,
+    pad_to: tuple[int, int] | None = None,
+) -> IndexedTransitions:
+    """`arrays` on the device; `pad_to=(states, transitions)` pads them with zero rows to those lengths (outside
+    the window: never sampled) so that shards of different sizes share one compiled update."""
+    state_rows, transitions = pad_to if pad_to is not None else (None, None)
+    put = {
+        k: jax.device_put(_pad_rows(np.asarray(arrays[k]), state_rows if k == "states" else transitions))
+        for k in INDEXED_FIELDS
+    }
     return IndexedTransitions(
         **put,
         offset=jnp.asarray(offset, jnp.int32),
@@ -120,10 +152,15 @@ class ShardedDataset:
         self._fingerprint = dict(fingerprint or {"shards": list(self.names), "transitions": self.sizes})
         self.mode = choose_mode(mode, self.nbytes, free_device_memory())
         self.loads: list[int] = []  # the shards read so far, in order (for tests and the benchmark)
+        self.load_seconds: list[float] = []  # the wall time of each read (disk, checks, to the device)
+        self.wait_seconds = 0.0  # the time training spent waiting for a shard that was not ready (stream mode)
         self._lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-loader")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="shard-loader", initializer=_background_priority
+        )
         self._current: tuple[int, IndexedTransitions] | None = None
         self._next: tuple[int, concurrent.futures.Future] | None = None
+        self._next_host: tuple[int, concurrent.futures.Future] | None = None
         self._all: IndexedTransitions | None = None
         self._offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
 
@@ -173,8 +210,18 @@ class ShardedDataset:
         return arrays
 
     def _load(self, shard: int) -> IndexedTransitions:
-        data = _on_device(self.read(shard), 0, self.sizes[shard], self.sparse_rewards)
-        return jax.block_until_ready(data)
+        start = time.perf_counter()
+        pad_to = (max(self.state_rows), max(self.sizes))
+        data = jax.block_until_ready(_on_device(self.read(shard), 0, self.sizes[shard], self.sparse_rewards, pad_to))
+        with self._lock:
+            self.load_seconds.append(time.perf_counter() - start)
+        return data
+
+    def _wait(self, future: concurrent.futures.Future) -> Any:
+        start = time.perf_counter()
+        result = future.result()
+        self.wait_seconds += time.perf_counter() - start
+        return result
 
     def _prefetch(self, shard: int) -> None:
         if self._next is None or self._next[0] != shard:
@@ -204,9 +251,11 @@ class ShardedDataset:
             if self._next is not None and self._next[0] == shard:
                 future = self._next[1]
                 self._next = None
-                data = future.result()
+                data = self._wait(future)
             else:
+                start = time.perf_counter()
                 data = self._load(shard)
+                self.wait_seconds += time.perf_counter() - start
             self._current = (shard, data)
         self._prefetch((shard + 1) % self.num_shards)
         return self._current[1]
@@ -221,20 +270,40 @@ class ShardedDataset:
             )
         return self.shard_data(shard)
 
-    def transitions(self, shard: int) -> Transitions:
-        """Shard `shard` as a plain `Transitions` table (both observation arrays: for the online replay buffer)."""
+    def _host_transitions(self, shard: int) -> dict[str, np.ndarray]:
         a = self.read(shard)
-        host = {
+        return {
             "observations": a["states"][a["state_index"]],
             "next_observations": a["states"][a["state_index"] + 1],
             **{k: a[k] for k in _FIELDS if k in a and k not in ("observations", "next_observations")},
         }
+
+    def transitions(self, shard: int, prefetch: bool = False) -> Transitions:
+        """Shard `shard` as a plain `Transitions` table (both observation arrays: for the online replay buffer).
+        `prefetch`: then start reading the next shard's table in the background (the online phase's rotation),
+        and take this one from such a read when there is one."""
+        if self._next_host is not None and self._next_host[0] == shard:
+            future, self._next_host = self._next_host[1], None
+            host = self._wait(future)
+        else:
+            start = time.perf_counter()
+            host = self._host_transitions(shard)
+            self.wait_seconds += time.perf_counter() - start
+        if prefetch:
+            following = (shard + 1) % self.num_shards
+            self._next_host = (following, self._pool.submit(self._host_transitions, following))
         return Transitions.from_numpy(host, self.names[shard], sparse_rewards=self.sparse_rewards)
+
+    def release_device(self) -> None:
+        """Drop the shards held on the device (the offline phase's), keeping the background reader."""
+        if self._next is not None:
+            self._next[1].cancel()
+        self._current = self._next = self._all = None
 
     def close(self) -> None:
         """Stop the background reader and drop the shards held."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._current = self._next = self._all = None
+        self._current = self._next = self._next_host = self._all = None
 
     def __del__(self):
         try:

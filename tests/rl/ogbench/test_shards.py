@@ -1,6 +1,7 @@
 """Large datasets as folders of shards: names and recipes, generation shard by shard (resumable, byte-identical),
 the folder checks, the shard reader against OGBench's loader, rotation, and the stream and memory modes."""
 
+import os
 import shutil
 
 import equinox as eqx
@@ -135,11 +136,21 @@ def test_shards_load_exactly_as_ogbench_loads_them(folder, opened):
         np.testing.assert_array_equal(np.asarray(shard.actions), clip_actions(train["actions"]))
 
 
-def _tagged(shards=3, n=30, episode=10):
-    """Synthetic shards whose states and actions hold their shard number (+ the row / 1000)."""
+def _tagged(shards=3, n=30, episode=10, sizes=None, delay=0.0):
+    """Synthetic shards whose states and actions hold their shard number (+ the row / 1000); `sizes`: transitions
+    per shard (default `n` each); `delay`: seconds each read takes; each read records its thread's priority."""
+    sizes = [n] * shards if sizes is None else list(sizes)
+    niceness = []
 
     def loader(k):
         def load():
+            import os
+            import threading
+            import time
+
+            niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            time.sleep(delay)
+            n = sizes[k]
             rows = n + n // episode
             terminals = np.zeros(rows, bool)
             terminals[episode :: episode + 1] = True
@@ -155,18 +166,18 @@ def _tagged(shards=3, n=30, episode=10):
         return load
 
     return dict(
-        loaders=[loader(k) for k in range(shards)],
-        names=[f"s{k}" for k in range(shards)],
-        sizes=[n] * shards,
-        state_rows=[n + n // episode] * shards,
+        loaders=[loader(k) for k in range(len(sizes))],
+        names=[f"s{k}" for k in range(len(sizes))],
+        sizes=sizes,
+        state_rows=[m + m // episode for m in sizes],
         obs_shape=(3,),
         action_dim=2,
-    )
+    ), niceness
 
 
 @pytest.mark.parametrize("mode", ["stream", "memory"])
 def test_rotation_visits_every_shard_in_order_and_samples_only_the_current_one(mode):
-    data = ShardedDataset(**_tagged(), interval=20, mode=mode)
+    data = ShardedDataset(**_tagged()[0], interval=20, mode=mode)
     for step in range(0, 140, 10):
         shard = data.data_at(step, 10)
         expected = (step // 20) % 3
@@ -189,7 +200,55 @@ def test_memory_and_stream_modes_give_the_same_batches(opened):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert memory.loads == [0, 1, 2]  # read once, at the start
-    assert ShardedDataset(**_tagged(), mode="auto").mode == "memory"  # a few KB fit any machine
+    assert ShardedDataset(**_tagged()[0], mode="auto").mode == "memory"  # a few KB fit any machine
+
+
+def test_shards_of_different_sizes_share_one_compiled_sampler_and_loads_are_timed():
+    """Stream mode pads every shard to the largest one's shapes (rows past the window never sampled): one
+    compilation of the sampler, the same batches as memory mode; the background read runs at nice 19 and a read
+    done before its shard is due costs the training no wait."""
+    kwargs, niceness = _tagged(sizes=[30, 20, 40], delay=0.2)
+    stream = ShardedDataset(**kwargs, interval=20, mode="stream")
+    memory = ShardedDataset(**_tagged(sizes=[30, 20, 40])[0], interval=20, mode="memory")
+    traces = []
+
+    @eqx.filter_jit
+    def sample(*args):
+        traces.append(args[0].states.shape)  # once per compilation
+        return sample_chunks(*args)
+
+    shapes = set()
+    for step in (0, 20, 40, 60, 20):
+        shard = stream.data_at(step, 10)
+        k = stream.shard_at(step)
+        shapes.add(tuple(x.shape for x in jax.tree.leaves(shard)))
+        a, b = sample(shard, jr.key(step), 64, 3, 0.9), _sample(memory.data_at(step, 10), jr.key(step), 64, 3, 0.9)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert np.all(np.floor(np.asarray(a.observations)) == k) and np.all(np.asarray(a.actions) == k)
+    assert len(shapes) == 1 and len(traces) == 1
+    assert stream.wait_seconds >= 0.2 and len(stream.load_seconds) == len(stream.loads)  # the first read waited
+    stream._next[1].result()  # the next shard's read is done ...
+    waited = stream.wait_seconds
+    stream.data_at(80, 10)
+    assert stream.wait_seconds - waited < 0.1  # ... so rotating to it does not wait for the 0.2 s read
+    if hasattr(os, "getpriority"):
+        assert niceness[0] == os.getpriority(os.PRIO_PROCESS, 0) and set(niceness[1:]) == {19}
+    stream.close()
+    memory.close()
+
+
+def test_online_shard_tables_are_read_ahead():
+    data = ShardedDataset(**_tagged(delay=0.2)[0], interval=20)
+    first = data.transitions(1, prefetch=True)
+    assert np.all(np.asarray(first.actions) == 1) and data.loads == [1]
+    data._next_host[1].result()
+    waited = data.wait_seconds
+    second = data.transitions(2, prefetch=True)  # read in the background already
+    assert np.all(np.asarray(second.actions) == 2) and data.wait_seconds - waited < 0.1
+    np.testing.assert_array_equal(np.asarray(second.next_observations)[:9], np.asarray(second.observations)[1:10])
+    assert data.loads[:2] == [1, 2]
+    data.close()
 
 
 class _Counter:
@@ -208,10 +267,10 @@ def test_trainer_rotates_by_step_and_a_resumed_run_continues_on_the_same_shard(m
 
     monkeypatch.setattr(_train, "fused_updates", fake_updates)
     config = TrainConfig(steps=100, steps_per_dispatch=10, eval_every=0, checkpoint_every=0, progress=False)
-    data = ShardedDataset(**_tagged(), interval=20, mode="stream")
+    data = ShardedDataset(**_tagged()[0], interval=20, mode="stream")
     result = _train.drive_offline(OfflineTrainer(data, config, {"agent": "fake"}, None, ""), _Counter(0), config)
     assert result.state.seen == tuple((s // 20) % 3 for s in range(100))
-    resumed = ShardedDataset(**_tagged(), interval=20, mode="stream")
+    resumed = ShardedDataset(**_tagged()[0], interval=20, mode="stream")
     later = _train.drive_offline(OfflineTrainer(resumed, config, {"agent": "fake"}, None, ""), _Counter(50), config)
     assert later.state.seen == result.state.seen[50:] and resumed.loads[0] == 2  # step 50 is on shard 2
 
@@ -248,7 +307,7 @@ def test_online_rotation_overwrites_the_first_rows():
     buffer = overwrite_rows(buffer, table(7.0, 4))
     assert np.asarray(buffer.data.actions)[:, 0].tolist() == [7.0] * 4 + [0.0] * 6
     assert (int(buffer.size), int(buffer.pointer)) == (4, 4)
-    data = ShardedDataset(**_tagged(), interval=20)
+    data = ShardedDataset(**_tagged()[0], interval=20)
     assert [data.shard_at(s, start=2) for s in (0, 19, 20, 40, 60)] == [2, 2, 0, 1, 2]  # from the offline shard on
 
 
