@@ -174,6 +174,9 @@ def main() -> None:
                "antmaze-giant-navigate-10m-v0")  # fmt: skip
     for name in () if args.skip_generation else domains:
         gen.append(_generation(name, 1, episodes, length, 1, str(root / "domains")))
+    out = HERE / "results" / "large_data.json"
+    if args.skip_generation and out.exists():  # keep the last measured generation rates
+        gen = json.loads(out.read_text()).get("generation", [])
     results["generation"] = gen
 
     # 2. memory, 3. speed
@@ -226,7 +229,6 @@ def main() -> None:
             f"{size:<7}{s['shards']:>7}{s['steps_per_s']:>9.1f}{mem['steps_per_s']:>9.1f}{ratio:>8.1%}"
             f"{speed_interval / s['steps_per_s']:>12.1f}{s['load_s']:>8.2f}{s['wait_s']:>10.2f}"
         )
-    out = HERE / "results" / "large_data.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -123,6 +123,10 @@ class ShardedDataset:
     - `mode`: `"stream"`, `"memory"` or `"auto"` (see `choose_mode`).
     - `fingerprint`: what identifies the data in checkpoints (names, sizes and checksums of the files).
     - `sparse_rewards`: whether the loaders made rewards sparse (recorded for the online phase).
+
+    **Attributes** (how the reading went): `loads`, the shards read, in order; `load_seconds`, the wall time of
+    each read (the file, its checks, the copy to the device); `wait_seconds`, the time training spent waiting for
+    a shard that was not ready (0 when every background read finished before its shard was due).
     """
 
     def __init__(
