@@ -227,10 +227,12 @@ def test_shards_of_different_sizes_share_one_compiled_sampler_and_loads_are_time
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         assert np.all(np.floor(np.asarray(a.observations)) == k) and np.all(np.asarray(a.actions) == k)
     assert len(shapes) == 1 and len(traces) == 1
-    assert stream.wait_seconds >= 0.2 and len(stream.load_seconds) == len(stream.loads)  # the first read waited
+    assert stream.wait_seconds >= 0.2  # the first read, before any training, waited
     stream._next[1].result()  # the next shard's read is done ...
+    assert len(stream.load_seconds) == len(stream.loads) and min(stream.load_seconds) >= 0.2
     waited = stream.wait_seconds
-    stream.data_at(80, 10)
+    assert stream._next[0] == 2 and stream.shard_at(40) == 2
+    stream.data_at(40, 10)
     assert stream.wait_seconds - waited < 0.1  # ... so rotating to it does not wait for the 0.2 s read
     if hasattr(os, "getpriority"):
         assert niceness[0] == os.getpriority(os.PRIO_PROCESS, 0) and set(niceness[1:]) == {19}
