@@ -14,7 +14,9 @@ compiling one function twice after flipping a switch gives the first program twi
 Measured this way while speeding up the update (2 shared cores, paper size, 16 rounds; ratio old/new): the
 critic's LayerNorm with Flax's variance and its tangent written out (`flowsoc.rl._networks.normalise`), against
 autodiff of `jnp.var`: 1.029 and 1.034 (`next`), 1.019 (`grid`), kept; a hand-written GELU tangent 0.95 and
-XLA's YNNPACK fusions off 0.96 (slower; dropped).
+XLA's YNNPACK fusions off 0.96 (slower; dropped). The paired ratio itself moves by about ±4% between runs here
+(YNNPACK fusing single dots only, `--xla-option xla_cpu_experimental_ynn_fusion_type --values DEFAULT
+LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`, gave 1.027 and then 0.959): run a change several times before keeping it.
 """
 
 import argparse
