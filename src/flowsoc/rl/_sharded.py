@@ -221,9 +221,11 @@ class ShardedDataset:
             self.load_seconds.append(time.perf_counter() - start)
         return data
 
-    def _wait(self, future: concurrent.futures.Future) -> Any:
+    def _take(self, pending: tuple[int, concurrent.futures.Future] | None, shard: int, read: Callable) -> Any:
+        """Shard `shard` from the background read `pending` when it is that shard's, else `read(shard)` now; the
+        time this blocks counts as training's wait."""
         start = time.perf_counter()
-        result = future.result()
+        result = pending[1].result() if pending is not None and pending[0] == shard else read(shard)
         self.wait_seconds += time.perf_counter() - start
         return result
 
@@ -252,15 +254,7 @@ class ShardedDataset:
                 window=jnp.asarray(self.sizes[shard], jnp.int32),
             )
         if self._current is None or self._current[0] != shard:
-            if self._next is not None and self._next[0] == shard:
-                future = self._next[1]
-                self._next = None
-                data = self._wait(future)
-            else:
-                start = time.perf_counter()
-                data = self._load(shard)
-                self.wait_seconds += time.perf_counter() - start
-            self._current = (shard, data)
+            self._current, self._next = (shard, self._take(self._next, shard, self._load)), None
         self._prefetch((shard + 1) % self.num_shards)
         return self._current[1]
 
@@ -286,13 +280,7 @@ class ShardedDataset:
         """Shard `shard` as a plain `Transitions` table (both observation arrays: for the online replay buffer).
         `prefetch`: then start reading the next shard's table in the background (the online phase's rotation),
         and take this one from such a read when there is one."""
-        if self._next_host is not None and self._next_host[0] == shard:
-            future, self._next_host = self._next_host[1], None
-            host = self._wait(future)
-        else:
-            start = time.perf_counter()
-            host = self._host_transitions(shard)
-            self.wait_seconds += time.perf_counter() - start
+        host, self._next_host = self._take(self._next_host, shard, self._host_transitions), None
         if prefetch:
             following = (shard + 1) % self.num_shards
             self._next_host = (following, self._pool.submit(self._host_transitions, following))
