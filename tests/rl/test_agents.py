@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+from tests.rl.bandit import BANDIT_CONFIG
 
 from flowsoc import DualDescent
 from flowsoc.rl import AgentConfig, BAM, QAM, SQAM, TRQAM
@@ -257,18 +258,6 @@ def bandit_train(cls, config, steps, key):
         agent, kl = run(agent, jr.fold_in(key, i))
         kls.append(kl)
     return agent, jnp.concatenate(kls)
-
-
-BANDIT_CONFIG = AgentConfig.small(
-    horizon=1,
-    discount=0.0,
-    actor_hidden=(32, 32),
-    critic_hidden=(32, 32),
-    num_critics=2,
-    learning_rate=1e-3,
-    trust_region=DualDescent(kl_budget=1.0, step_size=0.05, lam_scale=3.0),
-)
-"""The bandit agents' settings: 32-wide nets, 2 critics, γ = 0, a faster dual step than the official one."""
 
 
 def bandit_score(agent, flow):

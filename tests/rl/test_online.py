@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from tests.rl.bandit import BANDIT_CONFIG
 from tests.rl.toy_envs import BanditEnv, CounterEnv
 
-from flowsoc import DualDescent
-from flowsoc.rl import AgentConfig, TRQAM
+from flowsoc.rl import TRQAM
 from flowsoc.rl._envs import InProcessEnvs, WorkerEnvs
 from flowsoc.rl._online import (
     Collector,
@@ -111,15 +111,6 @@ def test_episode_seeds_are_distinct():
 
 # ---------------------------------------------------------------------------------- the loop
 
-CONFIG = AgentConfig.small(
-    horizon=1,
-    discount=0.0,
-    actor_hidden=(32, 32),
-    critic_hidden=(32, 32),
-    num_critics=2,
-    learning_rate=1e-3,
-    trust_region=DualDescent(kl_budget=1.0, step_size=0.05, lam_scale=3.0),
-)
 # One block size, batch size, buffer capacity and observation width everywhere: a single compiled
 # update block (64 offline rows + up to 1200 online steps).
 ONLINE = OnlineConfig(
@@ -156,7 +147,7 @@ def rows_of(buffer, start, stop):
 
 def test_buffer_holds_offline_then_exactly_the_online_steps_and_sampling_mixes_them():
     offline = bandit_offline()
-    agent = TRQAM.create(jr.key(0), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(0), 3, 1, BANDIT_CONFIG)
     result = train_online(agent, offline, ONLINE, BanditEnv)
     buffer = result.buffer
     assert int(buffer.size) == offline.size + ONLINE.steps and buffer.capacity == ONLINE.buffer_capacity
@@ -215,7 +206,7 @@ def test_online_phase_from_shards_rotates_them_into_the_buffer_read_ahead():
     rows after them are untouched."""
     shards = bandit_shards()
     config = ONLINE.replace(steps=300, checkpoint_every=0)
-    result = train_online(TRQAM.create(jr.key(0), 3, 1, CONFIG), shards, config, BanditEnv)
+    result = train_online(TRQAM.create(jr.key(0), 3, 1, BANDIT_CONFIG), shards, config, BanditEnv)
     buffer = result.buffer
     assert int(buffer.size) == 64 + 300
     expected = bandit_offline(64, 2)  # blocks at steps 0, 100, 200 use shards 0, 1, 2
@@ -230,7 +221,7 @@ def test_online_phase_from_shards_rotates_them_into_the_buffer_read_ahead():
 def test_online_phase_improves_the_reward_where_offline_data_is_poor():
     offline = bandit_offline()
     config = ONLINE.replace(steps=1200, checkpoint_every=0)
-    result = train_online(TRQAM.create(jr.key(1), 3, 1, CONFIG), offline, config, BanditEnv)
+    result = train_online(TRQAM.create(jr.key(1), 3, 1, BANDIT_CONFIG), offline, config, BanditEnv)
     online = result.buffer.data.rewards[offline.size : offline.size + config.steps]
     first, last = float(jnp.mean(online[:100])), float(jnp.mean(online[-200:]))
     # Seeds 0-2 (measured): first block ≈ -2.0 to -2.8 (random-ish actions), last 200 steps ≥ 0.7.
@@ -241,7 +232,7 @@ def test_online_phase_improves_the_reward_where_offline_data_is_poor():
 def test_resume_mid_online_loses_no_transition(tmp_path):
     offline = bandit_offline()
     factory = functools.partial(CounterEnv, 7)
-    agent = TRQAM.create(jr.key(2), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(2), 3, 1, BANDIT_CONFIG)
     full = train_online(agent, offline, ONLINE, factory, run_dir=tmp_path / "a")
     # Ctrl-C at environment step 250, during the third block: the state after the second block is saved.
     with pytest.raises(KeyboardInterrupt):
@@ -290,7 +281,7 @@ def test_non_finite_online_block_stops_with_the_last_good_state_saved(tmp_path, 
         return new, metrics
 
     monkeypatch.setattr(online_module, "fused_updates", nan_on_second_block)
-    agent = TRQAM.create(jr.key(3), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(3), 3, 1, BANDIT_CONFIG)
     with pytest.raises(fs.NonFiniteError, match=r"critic_loss at update step 101;.*env step 200\) is saved in"):
         train_online(agent, offline, ONLINE.replace(checkpoint_every=0), BanditEnv, run_dir=tmp_path)
     folder = latest_online_checkpoint(tmp_path)
@@ -302,7 +293,7 @@ def test_non_finite_online_block_stops_with_the_last_good_state_saved(tmp_path, 
 def test_online_checkpoint_mismatch_is_refused(tmp_path):
     offline = bandit_offline()
     factory = functools.partial(CounterEnv, 7)
-    agent = TRQAM.create(jr.key(2), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(2), 3, 1, BANDIT_CONFIG)
     config = ONLINE.replace(steps=100, start_training=100)  # collection only: nothing to compile
     train_online(agent, offline, config, factory, run_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"num_envs \(1 saved, 2 now\)"):
@@ -317,9 +308,9 @@ def test_online_checkpoint_mismatch_is_refused(tmp_path):
 
 
 def test_online_kl_budget_switch_keeps_lambda():
-    agent = TRQAM.create(jr.key(0), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(0), 3, 1, BANDIT_CONFIG)
     switched = with_kl_budget(agent, 0.3)
-    assert switched.config == CONFIG.with_kl_budget(0.3) and switched.config.trust_region.step_size == 0.05
+    assert switched.config == BANDIT_CONFIG.with_kl_budget(0.3) and switched.config.trust_region.step_size == 0.05
     for a, b in zip(jax.tree.leaves(agent), jax.tree.leaves(switched)):
         assert a is b
     assert with_kl_budget(agent, None) is agent
@@ -368,7 +359,7 @@ def test_online_collection_applies_the_offline_reward_rule():
     import dataclasses
 
     offline = dataclasses.replace(bandit_offline(), sparse_rewards=True)
-    agent = TRQAM.create(jr.key(0), 3, 1, CONFIG)
+    agent = TRQAM.create(jr.key(0), 3, 1, BANDIT_CONFIG)
     config = ONLINE.replace(steps=100, start_training=100)  # collection only: no update to compile
     result = train_online(agent, offline, config, BanditEnv)
     online = np.asarray(result.buffer.data.rewards[offline.size : offline.size + config.steps])
