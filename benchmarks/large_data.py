@@ -166,17 +166,18 @@ def main() -> None:
     results: dict = {"cpu_count": os.cpu_count(), "note": "2 CPU cores shared with other work; JAX on CPU"}
 
     # 1. generation
-    gen = []
-    episodes, length = (2, 101) if quick else (4, 201)
-    for workers in () if args.skip_generation else (1, 2):
-        gen.append(_generation("cube-single-play-10m-v0", 2, episodes, length, workers, str(root / f"gen{workers}")))
-    domains = ("cube-triple-play-10m-v0", "puzzle-4x4-play-10m-v0", "cube-quadruple-play-100m-v0",
-               "antmaze-giant-navigate-10m-v0")  # fmt: skip
-    for name in () if args.skip_generation else domains:
-        gen.append(_generation(name, 1, episodes, length, 1, str(root / "domains")))
     out = HERE / "results" / "large_data.json"
-    if args.skip_generation and out.exists():  # keep the last measured generation rates
-        gen = json.loads(out.read_text()).get("generation", [])
+    episodes, length = (2, 101) if quick else (4, 201)
+    if args.skip_generation:  # keep the last measured generation rates
+        gen = json.loads(out.read_text()).get("generation", []) if out.exists() else []
+    else:
+        gen = [
+            _generation("cube-single-play-10m-v0", 2, episodes, length, workers, str(root / f"gen{workers}"))
+            for workers in (1, 2)
+        ]
+        for name in ("cube-triple-play-10m-v0", "puzzle-4x4-play-10m-v0", "cube-quadruple-play-100m-v0",
+                     "antmaze-giant-navigate-10m-v0"):  # fmt: skip
+            gen.append(_generation(name, 1, episodes, length, 1, str(root / "domains")))
     results["generation"] = gen
 
     # 2. memory, 3. speed
