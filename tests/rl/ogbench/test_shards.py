@@ -3,6 +3,8 @@ the folder checks, the shard reader against OGBench's loader, rotation, and the 
 
 import os
 import shutil
+import threading
+import time
 
 import equinox as eqx
 import jax
@@ -144,10 +146,6 @@ def _tagged(shards=3, n=30, episode=10, sizes=None, delay=0.0):
 
     def loader(k):
         def load():
-            import os
-            import threading
-            import time
-
             niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             time.sleep(delay)
             n = sizes[k]
